@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import io
 import json
+import operator
 import os
 import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 __version__ = "0.1.0"
@@ -258,7 +259,7 @@ class Headers(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         return self._environ[self._environ_key(name)]
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return self._environ.get(self._environ_key(name), default)
 
     def __contains__(self, name: object) -> bool:
@@ -327,9 +328,9 @@ request_finished = Signal("request_finished")
 got_request_exception = Signal("got_request_exception")
 
 
-# ---------------------------------------------------------------------------- request and its parsers
+# ---------------------------------------------------------------------------- request and parsers
 
-class _lazy:
+class _lazy:  # noqa: N801 (a decorator, named like functools.cached_property)
     """A cached property for the hot path: computed on first access, then a plain attribute.
 
     PERF: a non-data descriptor, so after the first access the instance's __dict__ wins
@@ -430,16 +431,37 @@ class Request:
     default_max_body_size = 10 * 2**20
     default_max_form_fields = 1000
 
-    resolver_match: ResolverMatch | None = None
+    _files_to_close: Sequence[Any] = ()
+    _route_found: tuple[Route, tuple[Any, ...], dict[str, Any]]
 
     def __init__(self, environ: dict[str, Any], app: App | None = None) -> None:
         self.environ = self.META = environ
         self.app = app
         self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
-        self._files_to_close: list[Any] = []
+        path = environ.get("PATH_INFO") or "/"
+        if path.isascii():  # PERF: the usual path needs no decoding, so no lazy step
+            self.__dict__["path_info"] = path
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method} {self.environ.get('PATH_INFO', '')!r}>"
+
+    @property
+    def resolver_match(self) -> ResolverMatch | None:
+        """What the resolver found for this request (None before routing)."""
+        # PERF: built on first use from the (route, args, kwargs) the resolver left.
+        found = self.__dict__.get("_resolver_match")
+        if found is None:
+            route_found = self.__dict__.get("_route_found")
+            if route_found is None:
+                return None
+            item, args, kwargs = route_found
+            found = ResolverMatch(item.view, args, kwargs, item.name, item.pattern)
+            self.__dict__["_resolver_match"] = found
+        return found
+
+    @resolver_match.setter
+    def resolver_match(self, value: ResolverMatch | None) -> None:
+        self.__dict__["_resolver_match"] = value
 
     # -- the URL
     @_lazy
@@ -641,7 +663,7 @@ class Request:
             read = self.stream.read
         fields, files = _parse_multipart(read, boundary, max_fields=self._max_form_fields,
                                          encoding=self.encoding)
-        self._files_to_close.extend(upload for _, upload in files)
+        self._files_to_close = [*self._files_to_close, *(upload for _, upload in files)]
         return fields, files
 
     def get_signed_cookie(self, key: str, default: Any = _MISSING,
@@ -659,7 +681,7 @@ class Request:
 
     def close(self) -> None:
         """Close the uploaded files' temporary files (called when the response closes)."""
-        files, self._files_to_close = self._files_to_close, []
+        files, self._files_to_close = self._files_to_close, ()
         for upload in files:
             upload.close()
 
@@ -723,6 +745,9 @@ def _unsign_cookie(secret: bytes, name: str, signed: str, max_age: float | None)
     return value
 
 
+_DEFAULT_CONTENT_TYPE = ("Content-Type", "text/html; charset=utf-8")
+
+
 class HttpResponse:
     """A response with its body in memory. Headers are set like a dict: `r["X-A"] = "1"`."""
 
@@ -736,9 +761,16 @@ class HttpResponse:
         self.status_code = status
         self._reason_phrase: str | None = None
         self._charset = charset
-        self._headers: dict[str, tuple[str, str]] = {}
         self._resource_closers: list[Callable[[], Any]] = []
         self._closed = False
+        if content_type is None and charset is None and not headers and type(content) in (
+                bytes, str):
+            # PERF: the common case (a view returned text) skips header validation of
+            # constants and the charset lookup.
+            self._headers: dict[str, tuple[str, str]] = {"content-type": _DEFAULT_CONTENT_TYPE}
+            self._content = content if type(content) is bytes else content.encode()
+            return
+        self._headers = {}
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
             for name, value in items:
@@ -765,7 +797,7 @@ class HttpResponse:
         if self._charset is not None:
             return self._charset
         content_type = self._headers.get("content-type")
-        if content_type:
+        if content_type and content_type is not _DEFAULT_CONTENT_TYPE:
             match = re.search(r"charset=\"?([\w.:-]+)", content_type[1], re.I)
             if match:
                 return match.group(1)
@@ -923,7 +955,7 @@ class HttpResponse:
                 request_finished.send(sender=type(self))
 
 
-class _ResponseHeaders(Mapping):  # type: ignore[type-arg]
+class _ResponseHeaders(Mapping):
     """`response.headers`: the same case-insensitive headers, as a mutable mapping."""
 
     def __init__(self, response: HttpResponse) -> None:
@@ -1042,7 +1074,7 @@ class FileResponse(StreamingHttpResponse):
                          content_type or self._guess_type(), headers)
         self._resource_closers.append(file_or_path.close)
         self._set_length()
-        if as_attachment or self.filename and "content-disposition" not in self._headers:
+        if (as_attachment or self.filename) and "content-disposition" not in self._headers:
             self["Content-Disposition"] = _content_disposition(
                 self.filename, "attachment" if as_attachment else "inline")
 
@@ -1178,7 +1210,7 @@ class TemplateResponse(HttpResponse):
     def content(self, value: Any) -> None:
         HttpResponse.content.fset(self, value)  # type: ignore[attr-defined]
 
-    def render(self) -> TemplateResponse:  # type: ignore[override]
+    def render(self) -> TemplateResponse:
         """Render the template (once) with the request's App renderer."""
         if not self.is_rendered:
             request = _current_request.get()
@@ -1190,6 +1222,866 @@ class TemplateResponse(HttpResponse):
 
     def __iter__(self) -> Iterator[bytes]:
         return iter((self.content,))
+
+
+# ---------------------------------------------------------------------------- templates
+
+
+def _escape_html(text: str) -> str:
+    """What html.escape(text, quote=True) gives, without importing html at start-up."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("'", "&#x27;"))
+
+
+class SafeString(str):
+    """Text that is already HTML (escaped or trusted): templates write it without escaping."""
+
+    __slots__ = ()
+
+    def __html__(self) -> SafeString:
+        # The de facto protocol (markupsafe, Django, Jinja2): lets other libraries trust it too.
+        return self
+
+    def __str__(self) -> str:
+        # str(safe) keeps the mark, so converting a value does not make it escaped twice.
+        return self
+
+    def __add__(self, other: str) -> str:
+        # safe + safe is still safe; safe + untrusted text is not.
+        joined = str.__add__(self, other)
+        return SafeString(joined) if isinstance(other, SafeString) else joined
+
+
+def _to_html(value: Any) -> str:
+    """Return `value` as HTML text: escaped, unless it is already marked safe."""
+    if type(value) is str:  # the common case, checked first because render() is hot
+        return _escape_html(value)
+    if isinstance(value, SafeString):
+        return value
+    html_method = getattr(value, "__html__", None)
+    if callable(html_method):
+        return str(html_method())
+    return _escape_html(str(value))
+
+
+def mark_safe(value: Any) -> SafeString:
+    """Mark `value` (converted to text) as trusted HTML, to be written without escaping."""
+    return value if isinstance(value, SafeString) else SafeString(str(value))
+
+
+def escape(value: Any) -> SafeString:
+    """HTML-escape `value` once: ``& < > " '`` -> ``&amp; &lt; &gt; &quot; &#x27;``.
+
+    A SafeString (or an object with ``__html__``) is returned unchanged, never escaped twice.
+    """
+    return value if isinstance(value, SafeString) else SafeString(_to_html(value))
+
+
+_TemplateScope = dict[str, Any]
+_Eval = Callable[[_TemplateScope], Any]
+_Render = Callable[[_TemplateScope, list[str]], None]
+
+# Marks "lookup found nothing"; distinct from None, which is a legitimate value to print.
+_UNRESOLVED: Any = object()
+
+
+class _TemplateOrigin(NamedTuple):
+    """Where a node comes from, so that every error can name the template and the line."""
+
+    template: str
+    line: int
+
+    def error(self, message: str) -> TemplateError:
+        return TemplateError(f"{message} (template {self.template!r}, line {self.line})")
+
+
+# -- templates: variable lookup
+
+# What a failed `obj[key]` raises on dicts, sequences and objects that are not containers.
+_LOOKUP_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+def _lookup_step(obj: Any, key: str, index: int | None) -> Any:
+    """One step of a dotted lookup, in Django's order: key, then attribute, then list index."""
+    if hasattr(type(obj), "__getitem__"):  # skip the costly failing obj[key] on plain objects
+        try:
+            return obj[key]
+        except _LOOKUP_ERRORS:
+            pass
+    try:
+        return getattr(obj, key)
+    except AttributeError:
+        pass
+    if index is not None:
+        try:
+            return obj[index]
+        except _LOOKUP_ERRORS:
+            pass
+    return _UNRESOLVED
+
+
+def _call_if_callable(value: Any) -> Any:
+    """Call what a lookup found, as Django does, so `{{ user.get_full_name }}` works.
+
+    Classes are not called (a template has no business building objects), nor objects that
+    set ``do_not_call_in_templates``. A callable that needs arguments counts as not found,
+    and so does one marked ``alters_data`` (Django's guard: ``{{ obj.delete }}`` must not
+    delete anything).
+    """
+    if not callable(value) or isinstance(value, type):
+        return value
+    if getattr(value, "do_not_call_in_templates", False):
+        return value
+    if getattr(value, "alters_data", False):
+        return _UNRESOLVED
+    try:
+        return value()
+    except TypeError:
+        if _needs_arguments(value):
+            return _UNRESOLVED
+        raise  # a TypeError from inside the callable is a bug to show, not a missing value
+
+
+def _needs_arguments(func: Callable[..., Any]) -> bool:
+    try:
+        import inspect
+        inspect.signature(func).bind()
+    except (TypeError, ValueError):  # ValueError: no signature to inspect, assume it was that
+        return True
+    return False
+
+
+def _unresolved(segments: list[str], failed: int, origin: _TemplateOrigin, strict: bool) -> Any:
+    """The value of a lookup that found nothing: "" when lenient, an error when strict."""
+    if not strict:
+        return ""
+    if failed == 0:
+        raise origin.error(f"name {segments[0]!r} is not defined")
+    path, found = ".".join(segments), ".".join(segments[:failed])
+    raise origin.error(
+        f"cannot resolve {path!r}: {found!r} has no key, attribute or index "
+        f"{segments[failed]!r} (or a callable that needs arguments or alters data)")
+
+
+def _compile_lookup(path: str, origin: _TemplateOrigin, strict: bool) -> _Eval:
+    """Compile a dotted name such as ``user.addresses.0.city`` into an evaluator."""
+    segments = path.split(".")
+    head = segments[0]
+    steps = tuple((key, int(key) if key.isascii() and key.isdigit() else None)
+                  for key in segments[1:])
+
+    def evaluate(scope: _TemplateScope) -> Any:
+        value = _call_if_callable(scope.get(head, _UNRESOLVED))
+        if value is _UNRESOLVED:
+            return _unresolved(segments, 0, origin, strict)
+        for position, (key, index) in enumerate(steps, 1):
+            value = _call_if_callable(_lookup_step(value, key, index))
+            if value is _UNRESOLVED:
+                return _unresolved(segments, position, origin, strict)
+        return value
+
+    return evaluate
+
+
+def _constant_eval(value: Any) -> _Eval:
+    def evaluate(scope: _TemplateScope) -> Any:
+        return value
+
+    return evaluate
+
+
+# -- templates: filters
+
+def _keep_safety(value: Any, result: str) -> str:
+    """Changing the case of trusted HTML keeps it trusted (it must not be escaped again)."""
+    return SafeString(result) if isinstance(value, SafeString) else result
+
+
+def _as_sequence(value: Any) -> Sequence[Any]:
+    return value if isinstance(value, Sequence) else list(value)
+
+
+def _filter_first(value: Any) -> Any:
+    items = _as_sequence(value)
+    return items[0] if items else ""
+
+
+def _filter_last(value: Any) -> Any:
+    items = _as_sequence(value)
+    return items[-1] if items else ""
+
+
+def _filter_join(value: Any, separator: Any) -> SafeString:
+    # Each item and the separator are escaped here, once; the result is then trusted.
+    return SafeString(_to_html(separator).join(_to_html(item) for item in value))
+
+
+# name -> (function, takes an argument). `default` and `join` need one, the others take none.
+_FILTERS: dict[str, tuple[Callable[..., Any], bool]] = {
+    "safe": (mark_safe, False),
+    "escape": (escape, False),
+    "upper": (lambda value: _keep_safety(value, str(value).upper()), False),
+    "lower": (lambda value: _keep_safety(value, str(value).lower()), False),
+    "title": (lambda value: _keep_safety(value, str(value).title()), False),
+    "length": (len, False),
+    "default": (lambda value, fallback: value if value else fallback, True),
+    "join": (_filter_join, True),
+    "first": (_filter_first, False),
+    "last": (_filter_last, False),
+    "int": (int, False),
+    "string": (lambda value: value if isinstance(value, SafeString) else str(value), False),
+}
+
+
+def _compile_filter(
+    evaluate: _Eval, name: str, func: Callable[..., Any], argument: _Eval | None,
+    origin: _TemplateOrigin, strict: bool,
+) -> _Eval:
+    """Wrap `evaluate` so that its value goes through the filter `name`."""
+
+    def filtered(scope: _TemplateScope) -> Any:
+        value = evaluate(scope)
+        args = () if argument is None else (argument(scope),)  # outside the try: its own errors
+        try:
+            return func(value, *args)
+        except Exception as exc:  # user data can make any filter fail (int("abc"), len(None))
+            if strict:
+                raise origin.error(f"filter {name!r} failed: {type(exc).__name__}: {exc}") from exc
+            return ""
+
+    return filtered
+
+
+# -- templates: expressions
+
+_EXPRESSION_TOKEN = re.compile(r"""
+    \s*(?:
+        (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+      | (?P<number>-?[0-9]+(?:\.[0-9]+)?)
+      | (?P<name>[^\W\d]\w*(?:\.\w+)*)
+      | (?P<op>==|!=|<=|>=|[<>()|:,])
+    )""", re.VERBOSE | re.DOTALL)
+
+_WORD_OPERATORS = frozenset({"and", "or", "not", "in", "is"})
+_CONSTANTS: dict[str, Any] = {"True": True, "False": False, "None": None}
+
+
+def _contains(left: Any, right: Any) -> bool:
+    return left in right
+
+
+def _not_contains(left: Any, right: Any) -> bool:
+    return left not in right
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
+    "<=": operator.le, ">=": operator.ge, "in": _contains, "not in": _not_contains,
+    "is": operator.is_, "is not": operator.is_not,
+}
+
+
+def _lex_expression(text: str, origin: _TemplateOrigin) -> list[tuple[str, str]]:
+    """Cut an expression into (kind, text) tokens; kinds: string number name const op."""
+    tokens: list[tuple[str, str]] = []
+    text = text.strip()
+    position = 0
+    while position < len(text):
+        match = _EXPRESSION_TOKEN.match(text, position)
+        if match is None or match.lastgroup is None:
+            raise origin.error(f"bad expression {text!r}: unexpected {text[position:].strip()!r}")
+        kind, word = match.lastgroup, match.group(match.lastgroup)
+        if kind == "name" and word in _WORD_OPERATORS:
+            kind = "op"
+        elif kind == "name" and word in _CONSTANTS:
+            kind = "const"
+        tokens.append((kind, word))
+        position = match.end()
+    return tokens
+
+
+def _unquote_literal(literal: str) -> str:
+    # Inside quotes a backslash only protects the next character (\" \' \\).
+    return re.sub(r"\\(.)", r"\1", literal[1:-1], flags=re.DOTALL)
+
+
+def _either(left: _Eval, right: _Eval) -> _Eval:
+    return lambda scope: left(scope) or right(scope)
+
+
+def _both(left: _Eval, right: _Eval) -> _Eval:
+    return lambda scope: left(scope) and right(scope)
+
+
+def _negate(operand: _Eval) -> _Eval:
+    return lambda scope: not operand(scope)
+
+
+def _compare(op: str, left: _Eval, right: _Eval, origin: _TemplateOrigin, strict: bool) -> _Eval:
+    func = _COMPARISONS[op]
+
+    def evaluate(scope: _TemplateScope) -> Any:
+        a, b = left(scope), right(scope)
+        try:
+            return func(a, b)
+        except TypeError as exc:  # 1 < "a", 3 in None: false when lenient, as in Django
+            if strict:
+                raise origin.error(f"cannot evaluate {op!r}: {exc}") from exc
+            return False
+
+    return evaluate
+
+
+class _ExpressionParser:
+    """Recursive descent over one tag's tokens; each method returns a compiled evaluator.
+
+    condition  := and ("or" and)*        and := not ("and" not)*
+    not        := "not" not | comparison  comparison := operand (op operand)?
+    operand    := "(" condition ")" | value ("|" name (":" value)?)*
+    value      := string | number | True | False | None | dotted.name
+    """
+
+    def __init__(self, text: str, origin: _TemplateOrigin, strict: bool) -> None:
+        self.text = text.strip()
+        self.origin = origin
+        self.strict = strict
+        self.tokens = _lex_expression(text, origin)
+        self.position = 0
+
+    def fail(self, why: str) -> TemplateError:
+        return self.origin.error(f"bad expression {self.text!r}: {why}")
+
+    def peek(self) -> tuple[str, str]:
+        if self.position < len(self.tokens):
+            return self.tokens[self.position]
+        return ("end", "")
+
+    def take(self) -> tuple[str, str]:
+        token = self.peek()
+        self.position += token[0] != "end"
+        return token
+
+    def accept(self, op: str) -> bool:
+        if self.peek() == ("op", op):
+            self.position += 1
+            return True
+        return False
+
+    def expect_end(self) -> None:
+        if self.position < len(self.tokens):
+            raise self.fail(f"unexpected {self.tokens[self.position][1]!r}")
+
+    def condition(self) -> _Eval:
+        left = self._and()
+        while self.accept("or"):
+            left = _either(left, self._and())
+        return left
+
+    def _and(self) -> _Eval:
+        left = self._not()
+        while self.accept("and"):
+            left = _both(left, self._not())
+        return left
+
+    def _not(self) -> _Eval:
+        if self.accept("not"):
+            return _negate(self._not())
+        return self._comparison()
+
+    def _comparison(self) -> _Eval:
+        left = self._operand()
+        op = self._comparison_operator()
+        if op is None:
+            return left
+        return _compare(op, left, self._operand(), self.origin, self.strict)
+
+    def _comparison_operator(self) -> str | None:
+        kind, word = self.peek()
+        if kind != "op" or (word not in _COMPARISONS and word != "not"):
+            return None
+        self.position += 1
+        if word == "not":
+            if not self.accept("in"):
+                raise self.fail("expected 'in' after 'not'")
+            return "not in"
+        return "is not" if word == "is" and self.accept("not") else word
+
+    def _operand(self) -> _Eval:
+        if self.accept("("):
+            inner = self.condition()
+            if not self.accept(")"):
+                raise self.fail("missing ')'")
+            return inner
+        return self.filtered()
+
+    def filtered(self) -> _Eval:
+        """A value followed by its filters: ``user.name|default:"anon"|upper``."""
+        kind, value = self._value()
+        filters: list[tuple[str, Callable[..., Any], _Eval | None]] = []
+        while self.accept("|"):
+            filters.append(self._filter())
+        # `default` is how a template says "this may be missing": never strict about it.
+        lenient = bool(filters) and filters[0][0] == "default"
+        evaluate = (_constant_eval(value) if kind == "literal"
+                    else _compile_lookup(value, self.origin, self.strict and not lenient))
+        for name, func, argument in filters:
+            evaluate = _compile_filter(evaluate, name, func, argument, self.origin, self.strict)
+        return evaluate
+
+    def _value(self) -> tuple[str, Any]:
+        """Return ("literal", value) or ("lookup", "dotted.name")."""
+        kind, word = self.take()
+        if kind == "string":
+            return "literal", SafeString(_unquote_literal(word))  # written by the template's author
+        if kind == "number":
+            return "literal", float(word) if "." in word else int(word)
+        if kind == "const":
+            return "literal", _CONSTANTS[word]
+        if kind == "name":
+            if any(part.startswith("_") for part in word.split(".")):
+                raise self.fail("names starting with '_' are private")
+            return "lookup", word
+        raise self.fail(f"expected a value, found {word!r}" if word else "expected a value")
+
+    def _filter(self) -> tuple[str, Callable[..., Any], _Eval | None]:
+        kind, name = self.take()
+        if kind != "name" or "." in name:
+            raise self.fail("expected a filter name after '|'")
+        if name not in _FILTERS:
+            known = ", ".join(_FILTERS)
+            raise self.origin.error(f"unknown filter {name!r} (known filters: {known})")
+        func, takes_argument = _FILTERS[name]
+        if not self.accept(":"):
+            if takes_argument:
+                raise self.origin.error(f"filter {name!r} needs an argument ({name}:value)")
+            return name, func, None
+        if not takes_argument:
+            raise self.origin.error(f"filter {name!r} takes no argument")
+        kind, value = self._value()
+        argument = (_constant_eval(value) if kind == "literal"
+                    else _compile_lookup(value, self.origin, self.strict))
+        return name, func, argument
+
+
+# -- templates: tokens and nodes
+
+class _TemplateToken(NamedTuple):
+    kind: str  # "text", or the opener: "{{", "{%", "{#"
+    content: str
+    line: int
+
+
+_TAG_OPENER = re.compile(r"\{[{%#]")
+_TAG_CLOSERS = {"{{": "}}", "{%": "%}", "{#": "#}"}
+
+
+def _tokenize_template(source: str, name: str) -> list[_TemplateToken]:
+    """Cut the source into text and tags; tags may span lines (comments often do)."""
+    tokens: list[_TemplateToken] = []
+    position, line = 0, 1
+    while (match := _TAG_OPENER.search(source, position)) is not None:
+        start = match.start()
+        if start > position:
+            tokens.append(_TemplateToken("text", source[position:start], line))
+            line += source.count("\n", position, start)
+        opener = match.group()
+        end = source.find(_TAG_CLOSERS[opener], start + 2)
+        if end < 0:
+            closer = _TAG_CLOSERS[opener]
+            raise _TemplateOrigin(name, line).error(f"unclosed {opener!r}: add {closer!r}")
+        tokens.append(_TemplateToken(opener, source[start + 2:end], line))
+        line += source.count("\n", start, end)
+        position = end + 2
+    if position < len(source):
+        tokens.append(_TemplateToken("text", source[position:], line))
+    return tokens
+
+
+class _TemplateTag(NamedTuple):
+    name: str
+    args: str
+    line: int
+
+
+def _render_nothing(scope: _TemplateScope, out: list[str]) -> None:
+    pass
+
+
+def _text_node(text: str) -> _Render:
+    def render(scope: _TemplateScope, out: list[str]) -> None:
+        out.append(text)
+
+    return render
+
+
+def _output_node(evaluate: _Eval) -> _Render:
+    def render(scope: _TemplateScope, out: list[str]) -> None:
+        out.append(_to_html(evaluate(scope)))
+
+    return render
+
+
+def _sequence_node(parts: list[str | _Render]) -> _Render:
+    """One render function for a run of nodes; adjacent texts (around comments) are merged."""
+    nodes: list[_Render] = []
+    text = ""
+    for part in parts:
+        if isinstance(part, str):
+            text += part
+            continue
+        if text:
+            nodes.append(_text_node(text))
+            text = ""
+        nodes.append(part)
+    if text:
+        nodes.append(_text_node(text))
+    if len(nodes) <= 1:
+        return nodes[0] if nodes else _render_nothing
+    return _run_all(tuple(nodes))
+
+
+def _run_all(nodes: tuple[_Render, ...]) -> _Render:
+    def render(scope: _TemplateScope, out: list[str]) -> None:
+        for node in nodes:
+            node(scope, out)
+
+    return render
+
+
+def _if_node(branches: list[tuple[_Eval, _Render]], otherwise: _Render | None) -> _Render:
+    def render(scope: _TemplateScope, out: list[str]) -> None:
+        for test, body in branches:
+            if test(scope):
+                body(scope, out)
+                return
+        if otherwise is not None:
+            otherwise(scope, out)
+
+    return render
+
+
+class _LoopState:
+    """The `loop` variable inside ``{% for %}``; only `index0` changes from item to item."""
+
+    __slots__ = ("index0", "length", "parent")
+
+    def __init__(self, length: int, parent: _LoopState | None) -> None:
+        self.index0 = 0
+        self.length = length
+        self.parent = parent  # the enclosing loop's `loop`, as Django's forloop.parentloop
+
+    @property
+    def index(self) -> int:
+        return self.index0 + 1
+
+    @property
+    def revindex(self) -> int:
+        return self.length - self.index0
+
+    @property
+    def revindex0(self) -> int:
+        return self.length - self.index0 - 1
+
+    @property
+    def first(self) -> bool:
+        return self.index0 == 0
+
+    @property
+    def last(self) -> bool:
+        return self.index0 == self.length - 1
+
+
+def _loop_items(value: Any, reverse: bool, origin: _TemplateOrigin, strict: bool) -> list[Any]:
+    # A list up front: loop.length and loop.last need the count before the first item.
+    try:
+        items = list(value)
+    except TypeError as exc:
+        if strict:
+            raise origin.error(f"cannot loop over {type(value).__name__}: {exc}") from exc
+        return []
+    if reverse:
+        items.reverse()
+    return items
+
+
+def _unpack(item: Any, count: int, origin: _TemplateOrigin, strict: bool) -> tuple[Any, ...]:
+    try:
+        values = tuple(item)
+    except TypeError:
+        values = ()
+    if len(values) != count:
+        if strict:
+            raise origin.error(f"cannot unpack {type(item).__name__} into {count} loop variables")
+        values = (values + ("",) * count)[:count]
+    return values
+
+
+def _restore_names(scope: _TemplateScope, names: tuple[str, ...], saved: list[Any]) -> None:
+    """Put back what the loop variables hid, so a loop leaves the scope as it found it."""
+    for name, old in zip(names, saved, strict=True):
+        if old is _UNRESOLVED:
+            scope.pop(name, None)
+        else:
+            scope[name] = old
+
+
+class _ForHeader(NamedTuple):
+    targets: tuple[str, ...]
+    iterable: _Eval
+    reverse: bool
+
+
+def _for_node(header: _ForHeader, body: _Render, otherwise: _Render | None,
+              origin: _TemplateOrigin, strict: bool) -> _Render:
+    targets = header.targets
+    names = (*targets, "loop")
+
+    def render(scope: _TemplateScope, out: list[str]) -> None:
+        items = _loop_items(header.iterable(scope), header.reverse, origin, strict)
+        if not items:
+            if otherwise is not None:
+                otherwise(scope, out)
+            return
+        saved = [scope.get(name, _UNRESOLVED) for name in names]
+        outer = saved[-1] if type(saved[-1]) is _LoopState else None
+        loop = scope["loop"] = _LoopState(len(items), outer)
+        try:
+            for index0, item in enumerate(items):
+                loop.index0 = index0
+                if len(targets) == 1:
+                    scope[targets[0]] = item
+                else:
+                    values = _unpack(item, len(targets), origin, strict)
+                    scope.update(zip(targets, values, strict=True))
+                body(scope, out)
+        finally:
+            _restore_names(scope, names, saved)
+
+    return render
+
+
+def _parse_for_header(args: str, origin: _TemplateOrigin, strict: bool) -> _ForHeader:
+    """Parse ``k, v in d.items reversed``, the part of a for tag after ``for``."""
+    parser = _ExpressionParser(args, origin, strict)
+    targets: list[str] = []
+    while True:
+        kind, word = parser.take()
+        if kind != "name" or "." in word or word.startswith("_") or word == "loop":
+            raise origin.error(f"bad 'for' tag: {word!r} cannot be a loop variable")
+        targets.append(word)
+        if not parser.accept(","):
+            break
+    if not parser.accept("in"):
+        raise origin.error("bad 'for' tag: expected 'for name in sequence'")
+    iterable = parser.filtered()
+    reverse = parser.peek() == ("name", "reversed")
+    parser.position += reverse
+    parser.expect_end()
+    return _ForHeader(tuple(targets), iterable, reverse)
+
+
+# -- templates: the parser
+
+# Tags that only make sense inside a block, with the tag that opens that block.
+_INNER_TAGS = {"elif": "if", "else": "if' or 'for", "endif": "if", "empty": "for",
+               "endfor": "for", "endcomment": "comment"}
+
+
+class _TemplateParser:
+    """Turns the tokens of one template into a tree of render closures."""
+
+    def __init__(self, source: str, name: str, strict: bool) -> None:
+        self.name = name
+        self.strict = strict
+        self.tokens = _tokenize_template(source, name)
+        self.position = 0
+
+    def parse(self) -> _Render:
+        body, _ = self.block(frozenset())
+        return body
+
+    def block(self, until: frozenset[str]) -> tuple[_Render, _TemplateTag | None]:
+        """Parse nodes up to one of the tags in `until` (returned) or the end (None)."""
+        parts: list[str | _Render] = []
+        while self.position < len(self.tokens):
+            token = self.tokens[self.position]
+            self.position += 1
+            if token.kind == "text":
+                parts.append(token.content)
+            elif token.kind == "{{":
+                origin = _TemplateOrigin(self.name, token.line)
+                parser = _ExpressionParser(token.content, origin, self.strict)
+                evaluate = parser.filtered()
+                parser.expect_end()
+                parts.append(_output_node(evaluate))
+            elif token.kind == "{%":
+                tag = self._split_tag(token)
+                if tag.name in until:
+                    return _sequence_node(parts), tag
+                parts.append(self._tag(tag))
+        return _sequence_node(parts), None
+
+    def _split_tag(self, token: _TemplateToken) -> _TemplateTag:
+        words = token.content.split(None, 1)
+        if not words:
+            raise _TemplateOrigin(self.name, token.line).error("empty tag '{% %}'")
+        return _TemplateTag(words[0], words[1] if len(words) > 1 else "", token.line)
+
+    def _tag(self, tag: _TemplateTag) -> str | _Render:
+        if tag.name == "if":
+            return self._if(tag)
+        if tag.name == "for":
+            return self._for(tag)
+        if tag.name == "comment":
+            self._skip_comment(tag)
+            return ""
+        origin = _TemplateOrigin(self.name, tag.line)
+        if tag.name in _INNER_TAGS:
+            raise origin.error(f"unexpected '{tag.name}': no open '{_INNER_TAGS[tag.name]}' here")
+        raise origin.error(f"unknown tag {tag.name!r} (known tags: if, for, comment)")
+
+    def _closed(self, opener: _TemplateTag, end: _TemplateTag | None,
+                expected: str) -> _TemplateTag:
+        if end is None:
+            raise _TemplateOrigin(self.name, opener.line).error(
+                f"'{opener.name}' tag is never closed: expected '{{% {expected} %}}'")
+        if end.args.strip():
+            raise _TemplateOrigin(self.name, end.line).error(f"'{end.name}' takes no arguments")
+        return end
+
+    def _after_else(self, opener: _TemplateTag, end: _TemplateTag | None, expected: str) -> None:
+        # Named here, a second branch after 'else' gets a clearer message than "unexpected".
+        if end is not None and end.name != expected:
+            raise _TemplateOrigin(self.name, end.line).error(
+                f"'{end.name}' after 'else' in the '{opener.name}' of line {opener.line}")
+        self._closed(opener, end, expected)
+
+    def _condition(self, tag: _TemplateTag) -> _Eval:
+        origin = _TemplateOrigin(self.name, tag.line)
+        if not tag.args.strip():
+            raise origin.error(f"'{tag.name}' needs a condition")
+        parser = _ExpressionParser(tag.args, origin, self.strict)
+        test = parser.condition()
+        parser.expect_end()
+        return test
+
+    def _if(self, opener: _TemplateTag) -> _Render:
+        branches = []
+        tag = opener
+        while True:
+            test = self._condition(tag)
+            body, end = self.block(frozenset({"elif", "else", "endif"}))
+            if end is None or end.name != "elif":
+                end = self._closed(opener, end, "endif")
+            branches.append((test, body))
+            if end.name == "endif":
+                return _if_node(branches, None)
+            if end.name == "else":
+                otherwise, last = self.block(frozenset({"elif", "else", "endif"}))
+                self._after_else(opener, last, "endif")
+                return _if_node(branches, otherwise)
+            tag = end
+
+    def _for(self, opener: _TemplateTag) -> _Render:
+        origin = _TemplateOrigin(self.name, opener.line)
+        header = _parse_for_header(opener.args, origin, self.strict)
+        body, end = self.block(frozenset({"else", "empty", "endfor"}))
+        end = self._closed(opener, end, "endfor")
+        otherwise = None
+        if end.name != "endfor":
+            otherwise, last = self.block(frozenset({"else", "empty", "endfor"}))
+            self._after_else(opener, last, "endfor")
+        return _for_node(header, body, otherwise, origin, self.strict)
+
+    def _skip_comment(self, opener: _TemplateTag) -> None:
+        # The content is not parsed: a comment may hold broken or unknown tags.
+        while self.position < len(self.tokens):
+            token = self.tokens[self.position]
+            self.position += 1
+            if token.kind == "{%" and token.content.split(None, 1)[:1] == ["endcomment"]:
+                return
+        self._closed(opener, None, "endcomment")
+
+
+# -- templates: public classes
+
+class Template:
+    """A template compiled once, at construction; `render()` only runs the compiled code.
+
+    `strict=True` (the App passes its `debug`) turns a missing name or a failing filter into
+    a TemplateError naming the template and the line, instead of an empty string.
+    """
+
+    def __init__(self, source: str, name: str = "<string>", *, strict: bool = False) -> None:
+        self.source = source
+        self.name = name
+        self.strict = strict
+        self._render = _TemplateParser(source, name, strict).parse()
+
+    def render(self, context: Mapping[str, Any] | None = None) -> str:
+        """Render with `context`; the result is a SafeString (it is HTML already)."""
+        out: list[str] = []
+        # A private copy: loop variables are set in it, the caller's mapping is never changed.
+        self._render(dict(context) if context else {}, out)
+        return SafeString("".join(out))
+
+    def __repr__(self) -> str:
+        return f"<Template {self.name!r}>"
+
+
+def _template_path_parts(name: str) -> list[str] | None:
+    """Split a template name into path parts, or None when it could leave the template dirs."""
+    if not name or "\x00" in name or os.path.isabs(name) or os.path.splitdrive(name)[0]:
+        return None
+    parts = name.replace("\\", "/").split("/")
+    if parts[0] == "" or ".." in parts:
+        return None
+    return [part for part in parts if part not in ("", ".")]
+
+
+class TemplateLoader:
+    """Finds templates by name in `dirs` (first dir that has the file wins), compiles each
+    once and caches it by name; safe to share between the threads of a server."""
+
+    def __init__(self, dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *,
+                 strict: bool = False) -> None:
+        if isinstance(dirs, (str, os.PathLike)):  # one dir given bare: not a list of letters
+            dirs = [dirs]
+        self.dirs: tuple[str, ...] = tuple(os.fspath(directory) for directory in dirs)
+        self.strict = strict
+        self._cache: dict[str, Template] = {}
+        self._lock = threading.Lock()
+
+    def get_template(self, name: str) -> Template:
+        template = self._cache.get(name)
+        if template is None:
+            with self._lock:  # one compile per name even when threads ask at the same time
+                template = self._cache.get(name)
+                if template is None:
+                    template = Template(self._read(name), name, strict=self.strict)
+                    self._cache[name] = template
+        return template
+
+    def render(self, name: str, context: Mapping[str, Any] | None = None) -> str:
+        return self.get_template(name).render(context)
+
+    def _read(self, name: str) -> str:
+        searched = ", ".join(repr(directory) for directory in self.dirs) or "(no dirs)"
+        parts = _template_path_parts(name)
+        if parts is None:
+            raise TemplateError(f"template name {name!r} is refused: it must be a relative "
+                                f"path inside the template dirs ({searched})")
+        for directory in self.dirs:
+            path = os.path.join(directory, *parts)
+            try:
+                # utf-8-sig drops an editor's BOM; newline="" keeps line ends as written.
+                with open(path, encoding="utf-8-sig", newline="") as file:
+                    return file.read()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                continue
+            except UnicodeDecodeError as exc:
+                raise TemplateError(f"template {name!r} ({path}) is not UTF-8: {exc}") from exc
+        raise TemplateError(f"template {name!r} not found; searched: {searched}")
 
 
 # ---------------------------------------------------------------------------- routing
@@ -1233,8 +2125,20 @@ _ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 class Route:
     """One compiled route: its pattern, view, methods and the regex that matches paths."""
 
-    __slots__ = ("pattern", "view", "methods", "name", "kwargs", "regex", "converters",
-                 "literal", "first_segment", "index", "_parts", "_positional")
+    __slots__ = (
+        "_parts",
+        "_positional",
+        "converters",
+        "first_segment",
+        "index",
+        "kwargs",
+        "literal",
+        "methods",
+        "name",
+        "pattern",
+        "regex",
+        "view",
+    )
 
     def __init__(self, pattern: str, view: Callable[..., Any],
                  methods: Iterable[str] | None = None, name: str | None = None,
@@ -1310,6 +2214,8 @@ class Route:
 
     def match(self, path: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """The view's arguments when `path` matches, else None."""
+        if self.literal is not None:
+            return ((), dict(self.kwargs)) if path == self.literal else None
         found = self.regex.fullmatch(path)
         if found is None:
             return None
@@ -1343,7 +2249,7 @@ class Route:
         if args:
             if kwargs or len(args) != len(names):
                 return None
-            kwargs = dict(zip(names, args))
+            kwargs = dict(zip(names, args, strict=True))
         if set(kwargs) != set(names):
             return None
         out = []
@@ -1427,7 +2333,7 @@ def _flatten_routes(routes: Iterable[Any]) -> Iterator[Route]:
 class ResolverMatch:
     """What the resolver found: the view, its arguments, the route's name and pattern."""
 
-    __slots__ = ("func", "args", "kwargs", "route_name", "route")
+    __slots__ = ("args", "func", "kwargs", "route", "route_name")
 
     def __init__(self, func: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], route_name: str | None, route: str) -> None:
@@ -1473,6 +2379,11 @@ class Resolver:
         for segment in self._buckets:
             self._buckets[segment] = [r for r in self.routes if r.literal is None and (
                 r.first_segment == segment or r.first_segment is None)]
+        # A literal path whose first candidate is its own route resolves with one lookup.
+        self.first_static = {path: routes[0] for path, routes in self._static.items()
+                             if self.candidates(path)[0] is routes[0]
+                             and not any(r.match(path) for r in self.candidates(path)
+                                         if r.index < routes[0].index)}
 
     def candidates(self, path: str) -> list[Route]:
         """The routes that may match `path`, in registration order."""
@@ -1568,17 +2479,15 @@ def _static_response(request: Request, path: str, stat: os.stat_result) -> HttpR
         del response["Content-Type"]
         return response
     byte_range = _requested_range(request.environ, etag, stat.st_size)
-    if byte_range == "unsatisfiable":
-        response = HttpResponse(status=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
-        return response
+    if byte_range is not None and not byte_range:
+        return HttpResponse(status=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
     response = FileResponse(path, headers=validators)
     if byte_range is not None:
-        start, end = byte_range
         response.status_code = 206
-        response["Content-Range"] = f"bytes {start}-{end}/{stat.st_size}"
-        response["Content-Length"] = str(end - start + 1)
-        response.file.seek(start)
-        response.streaming_content = _read_span(response.file, end - start + 1)
+        response["Content-Range"] = f"bytes {byte_range.start}-{byte_range.stop - 1}/{stat.st_size}"
+        response["Content-Length"] = str(len(byte_range))
+        response.file.seek(byte_range.start)
+        response.streaming_content = _read_span(response.file, len(byte_range))
     return response
 
 
@@ -1614,10 +2523,9 @@ def _parse_http_date(value: str) -> float | None:
 _RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
 
 
-def _requested_range(environ: Mapping[str, Any], etag: str,
-                     size: int) -> tuple[int, int] | str | None:
-    """One byte range (start, end inclusive); None to send the whole file (no Range, a
-    stale If-Range, several ranges or a malformed one); "unsatisfiable" for a 416."""
+def _requested_range(environ: Mapping[str, Any], etag: str, size: int) -> range | None:
+    """The one byte range asked for; None to send the whole file (no Range, a stale
+    If-Range, several ranges or a malformed one); an empty range when unsatisfiable (416)."""
     header = environ.get("HTTP_RANGE")
     if not header:
         return None
@@ -1629,15 +2537,11 @@ def _requested_range(environ: Mapping[str, Any], etag: str,
         return None
     first, last = match.groups()
     if first == "":  # the last N bytes
-        length = int(last)
-        if length == 0:
-            return "unsatisfiable"
-        return max(size - length, 0), size - 1
+        return range(max(size - int(last), 0), size)
     start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
-        return "unsatisfiable"
-    return start, end
+    if last and int(last) < start:
+        return range(0)
+    return range(start, min(int(last) + 1, size) if last else size)
 
 
 # ---------------------------------------------------------------------------- views
@@ -1647,6 +2551,9 @@ class View:
     request. Route it with `MyView.as_view(**initkwargs)`."""
 
     http_method_names = ("get", "post", "put", "patch", "delete", "head", "options", "trace")
+    request: Request
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
     def __init__(self, **kwargs: Any) -> None:
         for key, value in kwargs.items():
@@ -1685,7 +2592,7 @@ class View:
         return handler(request, *args, **kwargs)
 
 
-# ---------------------------------------------------------------------------- middleware and the App handler
+# ---------------------------------------------------------------------------- middleware and App
 
 def convert_exception_to_response(get_response: Callable[[Request], HttpResponse],
                                   app: App) -> Callable[[Request], HttpResponse]:
@@ -1810,7 +2717,7 @@ class App:
     def describe(self) -> str:
         """The middleware order and the compiled routes, for a reader or a log."""
         names = [m if isinstance(m, str) else _name_of(m) for m in self.middleware]
-        onion = " -> ".join(names + ["view"]) if names else "view (no middleware)"
+        onion = " -> ".join([*names, "view"]) if names else "view (no middleware)"
         return f"middleware: {onion}\nroutes:\n{self.resolver.describe()}"
 
     # -- building the onion, once
@@ -1835,6 +2742,8 @@ class App:
                 self._adapt_hooks(instance)
                 handler = convert_exception_to_response(instance, self)
             self.resolver  # noqa: B018 (compile the routes before serving)
+            if not _STATUS_LINES:
+                _STATUS_LINES.update(_all_status_lines())
             self._middleware_chain = handler
             return handler
 
@@ -1868,7 +2777,8 @@ class App:
                      chain: Callable[[Request], HttpResponse] | None = None) -> HttpResponse:
         """Run the request through the middleware onion; always returns a response."""
         response = (chain or self._middleware_chain or self.load_middleware())(request)
-        response._resource_closers.append(request.close)
+        if request._files_to_close:
+            response._resource_closers.append(request.close)
         if response.status_code >= 400 and not getattr(response, "_logged", False):
             self.log_response(request, response)
         return response
@@ -1890,7 +2800,8 @@ class App:
                 response = self.process_exception_by_middleware(exc, request)
                 if response is None:
                     raise
-        response = self.make_response(response, callback)
+        if not isinstance(response, HttpResponse):
+            response = self.make_response(response, callback)
         if response.render is not None:
             for process_template_response in self._template_response_middleware:
                 response = process_template_response(request, response)
@@ -1909,8 +2820,16 @@ class App:
                                                          dict[str, Any]]:
         """Find the view for the request and set `request.resolver_match`."""
         path = request.path_info
+        method = request.method
+        resolver = self._resolver or self.resolver
+        item = resolver.first_static.get(path)
+        if item is not None and (method in item.methods if item.methods is not None
+                                 else method != "OPTIONS"):
+            # PERF: a literal path whose route is known, at start-up, to be tried first.
+            request._route_found = (item, (), item.kwargs.copy())
+            return item.view, (), request._route_found[2]
         try:
-            item, args, kwargs = self.resolver.resolve(path, request.method)
+            item, args, kwargs = resolver.resolve(path, method)
         except MethodNotAllowed as exc:
             if request.method != "OPTIONS":
                 raise
@@ -1921,7 +2840,7 @@ class App:
             callback = self._append_slash_view(request)
             request.resolver_match = ResolverMatch(callback, (), {}, None, path)
             return callback, (), {}
-        request.resolver_match = ResolverMatch(item.view, args, kwargs, item.name, item.pattern)
+        request._route_found = (item, args, kwargs)
         return item.view, args, kwargs
 
     def _append_slash_view(self, request: Request) -> Callable[..., Any]:
@@ -1952,7 +2871,7 @@ class App:
         (body, status) or (body, status, headers)."""
         if isinstance(value, HttpResponse):
             return value
-        if isinstance(value, (str, bytes)):
+        if type(value) is str or isinstance(value, (str, bytes)):
             return HttpResponse(value)
         if isinstance(value, (dict, list)):
             return JsonResponse(value)
@@ -2034,14 +2953,27 @@ class App:
         if bodiless:
             headers = [(k, v) for k, v in headers
                        if k.lower() not in ("content-type", "content-length")]
-        start_response(_status_line(status, response), headers)
+        status_line = response._reason_phrase is None and _STATUS_LINES.get(status)
+        start_response(status_line or _status_line(status, response), headers)
         if bodiless or request.method == "HEAD":
             return _ClosingIterable((), response.close)
-        if isinstance(response, FileResponse) and status == 200:
+        if response.streaming:
             wrapper = request.environ.get("wsgi.file_wrapper")
-            if wrapper is not None:
+            if wrapper is not None and isinstance(response, FileResponse) and status == 200:
                 return wrapper(_FileForWrapper(response), response.block_size)
+            return response
+        if (not response._resource_closers and not request_finished.receivers
+                and type(response).close is HttpResponse.close):
+            # PERF: nothing to release and nobody listening for the close: a list is the
+            # cheapest body a server can iterate.
+            response._closed = True
+            return [response._content]
         return response
+
+
+def _all_status_lines() -> dict[int, str]:
+    from http import HTTPStatus
+    return {int(status): f"{int(status)} {status.phrase}" for status in HTTPStatus}
 
 
 _STATUS_LINES: dict[int, str] = {}
@@ -2076,7 +3008,7 @@ class _FileForWrapper:
         self.close = response.close
 
     def read(self, size: int = -1) -> bytes:
-        return self._file.read(size)  # type: ignore[no-any-return]
+        return self._file.read(size)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
@@ -2149,7 +3081,7 @@ class ClientResponse:
         return f"<ClientResponse {self.status_code} {self.headers.get('Content-Type', '')!r}>"
 
 
-class _CaseInsensitiveDict(dict):  # type: ignore[type-arg]
+class _CaseInsensitiveDict(dict):
     """Response headers for tests: case-insensitive; a repeated header joins with ", "."""
 
     def __init__(self, items: Iterable[tuple[str, str]]) -> None:
@@ -2163,13 +3095,13 @@ class _CaseInsensitiveDict(dict):  # type: ignore[type-arg]
             super().__setitem__(self._names[key], value)
 
     def __getitem__(self, name: str) -> str:
-        return super().__getitem__(self._names[name.lower()])  # type: ignore[no-any-return]
+        return super().__getitem__(self._names[name.lower()])
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._names
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self[name] if name in self else default
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default  # noqa: SIM401 (case-insensitive)
 
 
 def _encode_multipart(data: Mapping[str, Any], files: Mapping[str, Any]) -> tuple[bytes, str]:
@@ -2335,7 +3267,7 @@ class Client:
                 started[:] = [status, response_headers]
                 return lambda data: None
 
-            result = validator(self.app)(environ, start_response)
+            result: Any = validator(self.app)(environ, start_response)
             try:
                 content = b"".join(result)
             finally:
@@ -2401,14 +3333,6 @@ def _parse_multipart(read: Any, boundary: bytes, *, max_fields: int,
 
 class UploadedFile:
     pass
-
-
-class TemplateLoader:
-    def __init__(self, dirs: Any, strict: bool = False) -> None:
-        self.dirs = dirs
-
-    def render(self, name: str, context: Any) -> str:
-        return f"{name}:{sorted(context)}"
 
 
 def make_server(*args: Any, **kwargs: Any) -> Any:
