@@ -548,11 +548,17 @@ class Request:
     @property
     def encoding(self) -> str:
         charset = self.content_params.get("charset", "utf-8")
+        import codecs
         try:
-            import codecs
-            return codecs.lookup(charset).name
-        except LookupError:
+            info = codecs.lookup(charset)
+        except (LookupError, ValueError, TypeError):
             return "utf-8"
+        # rot13, zlib, base64 and "undefined" are codecs, but no form's charset.
+        try:
+            b"a".decode(info.name)
+        except (LookupError, UnicodeError):
+            return "utf-8"
+        return info.name
 
     @_lazy
     def content_length(self) -> int | None:
@@ -603,15 +609,21 @@ class Request:
         """The body decoded as JSON (RFC 8259); a wrong content type or bad JSON is a 400."""
         content_type = self.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
-            raise BadRequest(f"Expected a JSON body (Content-Type: application/json), "
-                             f"got {content_type or 'no content type'!r}")
+            raise BadRequest("Expected a JSON body (Content-Type: application/json)")
         body = self.body
         charset = self.content_params.get("charset")
         try:
             text: str | bytes = body.decode(charset) if charset else body
+        except (ValueError, LookupError):
+            raise BadRequest("The JSON body does not decode with its charset") from None
+        try:
             return json.loads(text)
-        except (ValueError, LookupError) as exc:
-            raise BadRequest(f"Invalid JSON body: {exc}") from None
+        except json.JSONDecodeError as exc:
+            # Only the position: the message never repeats what the client sent.
+            raise BadRequest(f"Invalid JSON body: {exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno}") from None
+        except ValueError:  # an integer past Python's digit limit, bad UTF-8
+            raise BadRequest("Invalid JSON body") from None
         except RecursionError:
             raise BadRequest("Invalid JSON body: nested too deeply") from None
 
@@ -1143,14 +1155,22 @@ class HttpResponseRedirect(HttpResponse):
         return self["Location"]
 
 
-def redirect(to: str, *args: Any, permanent: bool = False, **kwargs: Any) -> HttpResponseRedirect:
-    """Redirect to a URL, or to a route by name (with its arguments), inside the app."""
-    if "/" not in to and "." not in to and ":" not in to:
-        request = _current_request.get()
-        app = request.app if request is not None else None
-        if app is None:
-            raise NoReverseMatch(f"redirect({to!r}) needs a request to resolve a route name")
-        to = app.reverse(to, *args, **kwargs)
+def redirect(to: str, /, *args: Any, permanent: bool = False,
+             **kwargs: Any) -> HttpResponseRedirect:
+    """Redirect to a route by name (with its arguments), or else to a URL; as in Django,
+    the name is tried first."""
+    request = _current_request.get()
+    app = request.app if request is not None else None
+    looks_like_url = "/" in to or "." in to
+    if app is not None and not to.startswith(("/", "http:", "https:")):
+        try:
+            return HttpResponseRedirect(app.reverse(to, *args, **kwargs),
+                                        status=301 if permanent else 302)
+        except NoReverseMatch:
+            if args or kwargs or not looks_like_url:
+                raise
+    elif not looks_like_url:
+        raise NoReverseMatch(f"redirect({to!r}) needs a request to resolve a route name")
     return HttpResponseRedirect(to, status=301 if permanent else 302)
 
 
@@ -2129,7 +2149,7 @@ class Route:
         "_parts",
         "_positional",
         "converters",
-        "first_segment",
+        "literal_prefix",
         "index",
         "kwargs",
         "literal",
@@ -2153,7 +2173,7 @@ class Route:
         self.index = 0
         self.converters: dict[str, _Converter] = {}
         self.literal: str | None = None
-        self.first_segment: str | None = None
+        self.literal_prefix = ""
         self._parts: list[tuple[str, str | None]] = []
         self._positional = False
         if pattern.startswith("^"):
@@ -2208,9 +2228,10 @@ class Route:
         self.regex = re.compile("".join(regex))
         if not self.converters:
             self.literal = pattern
+        # The whole path segments before the first placeholder ("/api/users/" for
+        # "/api/users/<int:id>"): the resolver's bucket key.
         prefix = self._parts[0][0]
-        if prefix.count("/") >= 2:
-            self.first_segment = prefix.split("/")[1]
+        self.literal_prefix = prefix[:prefix.rfind("/") + 1] if prefix.count("/") >= 2 else ""
 
     def match(self, path: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """The view's arguments when `path` matches, else None."""
@@ -2356,43 +2377,59 @@ class ResolverMatch:
 
 class Resolver:
     """Finds the route for a path. Compiled once: a dict of literal paths, and the other
-    routes bucketed by their first literal path segment, each bucket keeping (in
-    registration order) the routes that could match any segment. A request tries only
-    its bucket, so dispatch cost does not grow with the number of routes."""
+    routes bucketed by the whole literal segments they start with ("/api/users/"). A
+    bucket also holds, in registration order, the routes of shorter prefixes of its key
+    and those that could match any path (a raw regex, a leading placeholder). A request
+    tries the bucket of its longest known prefix only, so dispatch cost does not grow
+    with the number of routes."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
         self._static: dict[str, list[Route]] = {}
-        self._buckets: dict[str, list[Route]] = {}
-        self._anywhere: list[Route] = []
         self._by_name: dict[str, list[Route]] = {}
+        by_prefix: dict[str, list[Route]] = {"": []}
         for index, item in enumerate(self.routes):
             item.index = index
             if item.name:
                 self._by_name.setdefault(item.name, []).append(item)
             if item.literal is not None:
                 self._static.setdefault(item.literal, []).append(item)
-            elif item.first_segment is not None:
-                self._buckets.setdefault(item.first_segment, [])
             else:
-                self._anywhere.append(item)
-        for segment in self._buckets:
-            self._buckets[segment] = [r for r in self.routes if r.literal is None and (
-                r.first_segment == segment or r.first_segment is None)]
+                by_prefix.setdefault(item.literal_prefix, []).append(item)
+        self._anywhere = by_prefix.pop("")
+        self._buckets = {prefix: self._bucket(prefix, by_prefix) for prefix in by_prefix}
+        # How many leading segments a bucket key can have: the lookup tries no more.
+        self._depth = max((prefix.count("/") - 1 for prefix in self._buckets), default=0)
         # A literal path whose first candidate is its own route resolves with one lookup.
         self.first_static = {path: routes[0] for path, routes in self._static.items()
                              if self.candidates(path)[0] is routes[0]
                              and not any(r.match(path) for r in self.candidates(path)
                                          if r.index < routes[0].index)}
 
+    def _bucket(self, prefix: str, by_prefix: dict[str, list[Route]]) -> list[Route]:
+        shorter = [key for key in by_prefix if prefix.startswith(key)]
+        routes = self._anywhere + [r for key in shorter for r in by_prefix[key]]
+        return sorted(routes, key=lambda r: r.index)
+
     def candidates(self, path: str) -> list[Route]:
         """The routes that may match `path`, in registration order."""
-        end = path.find("/", 1)
-        dynamic = self._buckets.get(path[1:end] if end > 0 else path[1:], self._anywhere)
+        dynamic = self._anywhere
+        if self._depth:
+            ends, end = [], 0
+            for _ in range(self._depth):
+                end = path.find("/", end + 1)
+                if end < 0:
+                    break
+                ends.append(end + 1)
+            for end in reversed(ends):
+                found = self._buckets.get(path[:end])
+                if found is not None:
+                    dynamic = found
+                    break
         static = self._static.get(path)
         if static is None:
             return dynamic
-        if not dynamic or dynamic[0].index > static[-1].index:
+        if not dynamic:
             return static
         return sorted(static + dynamic, key=lambda r: r.index)
 
@@ -2428,7 +2465,7 @@ class Resolver:
         lines = []
         for item in self.routes:
             kind = "static" if item.literal is not None else (
-                f"bucket /{item.first_segment}" if item.first_segment else "any path")
+                f"bucket {item.literal_prefix}" if item.literal_prefix else "any path")
             methods = ",".join(sorted(item.methods)) if item.methods else "*"
             view = getattr(item.view, "__qualname__", repr(item.view))
             lines.append(f"{item.pattern:40} {methods:20} {kind:20} {view}"
@@ -2706,7 +2743,7 @@ class App:
                 resolver = self._resolver = Resolver(self._routes)
         return resolver
 
-    def reverse(self, name: str, *args: Any, **kwargs: Any) -> str:
+    def reverse(self, name: str, /, *args: Any, **kwargs: Any) -> str:
         """The path of the route named `name`; inside a request, with its SCRIPT_NAME."""
         path = self.resolver.reverse(name, args, kwargs)
         request = _current_request.get()
@@ -3222,14 +3259,15 @@ class Client:
 
     def _environ(self, method: str, path: str, query: Mapping[str, Any] | None, body: bytes,
                  content_type: str | None, headers: Mapping[str, str] | None) -> dict[str, Any]:
-        from urllib.parse import unquote, urlencode
+        from urllib.parse import urlencode
         target = urlsplit(path)
         query_string = target.query
         if query:
             query_string += ("&" if query_string else "") + urlencode(query, doseq=True)
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method.upper(), "SCRIPT_NAME": self.script_name,
-            "PATH_INFO": unquote(target.path or "/", "utf-8").encode("utf-8").decode("latin-1"),
+            # As servers do: percent-decoded bytes, handed over as latin-1 text (PEP 3333).
+            "PATH_INFO": unquote_to_bytes(target.path or "/").decode("latin-1"),
             "QUERY_STRING": query_string, "SERVER_NAME": "testserver", "SERVER_PORT": "80",
             "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": self.host, "REMOTE_ADDR": "127.0.0.1",
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
