@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 __version__ = "0.1.0"
@@ -330,6 +330,479 @@ got_request_exception = Signal("got_request_exception")
 
 # ---------------------------------------------------------------------------- request and parsers
 
+# -- parsers: header parameters
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_QUOTE_OR_BACKSLASH_RE = re.compile(r'["\\]')
+
+
+def _parse_options_header(value: str) -> tuple[str, dict[str, str]]:
+    """Split `text/plain; charset="utf-8"` into ("text/plain", {"charset": "utf-8"}).
+
+    The main value and the keys are lowercased; a repeated key keeps its last value (as
+    Werkzeug and Django do); a part without `=` or with an invalid key is skipped. RFC 2231
+    keys such as `filename*` are kept under their own name and not decoded. One left to
+    right scan: linear in the length of `value` whatever it holds.
+    """
+    end = value.find(";")
+    if end < 0:
+        return value.strip().lower(), {}
+    params: dict[str, str] = {}
+    pos = end + 1
+    while pos < len(value):
+        pos = _parse_param(value, pos, params)
+    return value[:end].strip().lower(), params
+
+
+def _parse_param(text: str, pos: int, params: dict[str, str]) -> int:
+    """Parse the `key=value` that starts at `pos` into `params`; return where the next starts."""
+    stop = text.find(";", pos)
+    stop = len(text) if stop < 0 else stop
+    # Bounded by `stop`: an unbounded find of "=" would rescan the rest for each `;`.
+    eq = text.find("=", pos, stop)
+    if eq < 0:
+        return stop + 1
+    key = text[pos:eq].strip().lower()
+    start = eq + 1
+    while start < stop and text[start] in " \t":
+        start += 1
+    if start < stop and text[start] == '"':
+        quoted = _scan_quoted(text, start + 1)
+        if quoted is None:
+            # Unterminated: everything left is inside the quotes, so nothing follows.
+            return len(text)
+        val, after = quoted
+        stop = text.find(";", after)
+        stop = len(text) if stop < 0 else stop
+    else:
+        val = text[start:stop].strip()
+    if _TOKEN_RE.fullmatch(key):
+        params[key] = val
+    return stop + 1
+
+
+def _scan_quoted(text: str, pos: int) -> tuple[str, int] | None:
+    """Read a quoted string whose opening quote is just before `pos`: (value, index past
+    the closing quote), or None when it is not closed."""
+    pieces: list[str] = []
+    while True:
+        special = _QUOTE_OR_BACKSLASH_RE.search(text, pos)
+        if special is None:
+            return None
+        at = special.start()
+        pieces.append(text[pos:at])
+        if text[at] == '"':
+            return "".join(pieces), at + 1
+        following = text[at + 1 : at + 2]
+        # Only \\ and \" are escapes: browsers of old sent Windows paths unescaped
+        # (filename="C:\dir\a.txt"), which must keep their backslashes to be cut to "a.txt".
+        if following in ('"', "\\"):
+            pieces.append(following)
+            pos = at + 2
+        else:
+            pieces.append("\\")
+            pos = at + 1
+
+
+# -- parsers: cookies
+
+_COOKIE_SPACE = " \t\r\n\x0b\x0c"
+_COOKIE_BAD_NAME_RE = re.compile(r"[\x00-\x1f\x7f]")
+_COOKIE_ESCAPE_BYTES_RE = re.compile(rb"\\([0-3][0-7]{2}|.)", re.DOTALL)
+_COOKIE_ESCAPE_TEXT_RE = re.compile(r"\\([0-3][0-7]{2}|.)", re.DOTALL)
+
+
+def _parse_cookie(header: str) -> dict[str, str]:
+    """Parse a `Cookie` header leniently; a malformed pair is skipped, never an error.
+
+    Pass the header as text (the WSGI value re-encoded as latin-1 and decoded as UTF-8).
+    """
+    cookies: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, sep, value = pair.partition("=")
+        name = name.strip(_COOKIE_SPACE)
+        # A repeated name keeps its first value: browsers send the cookie with the longest
+        # Path first (RFC 6265, 5.4), the one set for this URL. Werkzeug's cookies[name]
+        # agrees; Django keeps the last.
+        if not sep or not name or name in cookies or _COOKIE_BAD_NAME_RE.search(name):
+            continue
+        cookies[name] = _unquote_cookie(value.strip(_COOKIE_SPACE))
+    return cookies
+
+
+def _unquote_cookie(value: str) -> str:
+    """Remove the double quotes around a cookie value and decode its backslash escapes."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    inner = value[1:-1]
+    if "\\" not in inner:
+        return inner
+    # Werkzeug escapes each UTF-8 byte ("é" -> \303\251); http.cookies each code point
+    # below 256 ("é" -> \351). Read as bytes first; escapes that are not UTF-8 then come
+    # from http.cookies. Latin-1 text shaped like UTF-8 ("Ã©") is read the Werkzeug way.
+    data = inner.encode("utf-8", "surrogatepass")
+    raw = _COOKIE_ESCAPE_BYTES_RE.sub(_unescape_cookie_byte, data)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _COOKIE_ESCAPE_TEXT_RE.sub(_unescape_cookie_char, inner)
+
+
+def _unescape_cookie_byte(match: re.Match[bytes]) -> bytes:
+    escaped = match.group(1)
+    return bytes([int(escaped, 8)]) if len(escaped) == 3 else escaped
+
+
+def _unescape_cookie_char(match: re.Match[str]) -> str:
+    escaped = match.group(1)
+    return chr(int(escaped, 8)) if len(escaped) == 3 else escaped
+
+
+# -- parsers: uploaded files
+
+_UPLOAD_MEMORY_SIZE = 1024 * 1024
+# C0, DEL and C1: never part of a name a user meant to give.
+_FILENAME_CONTROLS: dict[int, None] = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])
+# Every character str.isspace() accepts once the controls are gone, and the dot, so that
+# "..", "." and " .. " come out empty.
+_FILENAME_STRIP = (
+    " \xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000."
+)
+
+
+def _safe_filename(filename: str) -> str:
+    """Reduce a client's file name to a base name: no directories, no control characters."""
+    name = filename.translate(_FILENAME_CONTROLS)
+    # Both separators: the server's OS does not tell which one the client used.
+    name = name[max(name.rfind("/"), name.rfind("\\")) + 1 :]
+    return name.strip(_FILENAME_STRIP)
+
+
+def _spooled_file() -> IO[bytes]:
+    import tempfile
+
+    return tempfile.SpooledTemporaryFile(max_size=_UPLOAD_MEMORY_SIZE)
+
+
+class UploadedFile:
+    """A file sent in a multipart form: kept in memory up to 1 MiB, in a temporary file past it.
+
+    `name` is the form field's name, `filename` the client's file name reduced to a base
+    name (it may be ""). `file` is positioned at 0 after parsing.
+    """
+
+    def __init__(self, name: str, filename: str,
+                 content_type: str = "application/octet-stream", charset: str | None = None,
+                 file: IO[bytes] | None = None) -> None:
+        self.name = name
+        self.filename = _safe_filename(filename)
+        self.content_type = content_type
+        self.charset = charset
+        self.file: IO[bytes] = _spooled_file() if file is None else file
+        self.size = 0
+        if file is not None:
+            self.size = file.seek(0, os.SEEK_END)
+            file.seek(0)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def chunks(self, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
+        """The whole content from its start, in pieces of at most `chunk_size` bytes."""
+        self.file.seek(0)
+        while chunk := self.file.read(chunk_size):
+            yield chunk
+
+    def save(self, destination: str | os.PathLike[str] | IO[bytes],
+             chunk_size: int = 64 * 1024) -> None:
+        """Copy the whole content to a path (overwritten) or a binary file; rewinds to 0."""
+        if isinstance(destination, (str, os.PathLike)):
+            with open(destination, "wb") as out:
+                self._copy_to(out, chunk_size)
+        else:
+            self._copy_to(destination, chunk_size)
+
+    def _copy_to(self, out: IO[bytes], chunk_size: int) -> None:
+        for chunk in self.chunks(chunk_size):
+            out.write(chunk)
+        self.file.seek(0)
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> UploadedFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<UploadedFile {self.name!r}: {self.filename!r} "
+                f"({self.content_type}, {self.size} bytes)>")
+
+
+# -- parsers: multipart/form-data
+
+_MULTIPART_MAX_HEADER_BYTES = 8 * 1024
+_MULTIPART_MAX_HEADER_LINES = 32
+_MULTIPART_MAX_PREAMBLE = 64 * 1024
+_MULTIPART_MAX_EPILOGUE = 64 * 1024
+# RFC 2046 5.1.1: 1 to 70 of these characters, the last one not a space.
+_BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_HEADER_VALUE_BAD_RE = re.compile(r"[\x00\r\n]")
+_TRUNCATED = "Multipart body ends before its closing boundary."
+# Codecs that are not character sets a form may use, or are slow or unsafe to decode.
+_REFUSED_CHARSETS = frozenset(
+    {"idna", "punycode", "unicode-escape", "raw-unicode-escape", "utf-7", "undefined"}
+)
+
+
+def _check_boundary(boundary: str) -> bytes:
+    """The boundary of a multipart Content-Type as bytes; BadRequest if RFC 2046 refuses it."""
+    if not 0 < len(boundary) <= 70 or not _BOUNDARY_RE.fullmatch(boundary):
+        raise BadRequest("Invalid multipart boundary.")
+    return boundary.encode("ascii")
+
+
+def _parse_multipart(read: Callable[[int], bytes], boundary: bytes, *, max_fields: int,
+                     encoding: str = "utf-8", chunk_size: int = 64 * 1024,
+                     ) -> tuple[list[tuple[str, str]], list[tuple[str, UploadedFile]]]:
+    """Parse a multipart/form-data body into (fields, files), streaming.
+
+    `read(n)` returns at most n bytes and b"" at the end; it is not called again after
+    that. Errors it raises (413, 400) propagate. An empty body is an empty form. Any other
+    malformed or over-limit body is a BadRequest; the files made so far are then closed.
+    """
+    parser = _MultipartParser(read, boundary, max_fields=max_fields, encoding=encoding,
+                              chunk_size=chunk_size)
+    return parser.parse()
+
+
+class _MultipartParser:
+    """One pass over a multipart body. It holds about chunk_size + len(delimiter) bytes
+    of a part's content at a time, and examines each byte once, plus at most one
+    delimiter's length again per chunk read."""
+
+    def __init__(self, read: Callable[[int], bytes], boundary: bytes, *, max_fields: int,
+                 encoding: str, chunk_size: int) -> None:
+        self._read = read
+        self._delimiter = b"\r\n--" + boundary
+        self._max_fields = max_fields
+        self._encoding = encoding
+        self._chunk_size = max(1, chunk_size)
+        # The first delimiter may open the body with no CRLF before it: a virtual CRLF
+        # lets one pattern find every delimiter.
+        self._buf = bytearray(b"\r\n")
+        self._eof = False
+        self.fields: list[tuple[str, str]] = []
+        self.files: list[tuple[str, UploadedFile]] = []
+
+    def parse(self) -> tuple[list[tuple[str, str]], list[tuple[str, UploadedFile]]]:
+        try:
+            if not self._fill():
+                return self.fields, self.files
+            self._skip_preamble()
+            parts = 0
+            while self._next_is_part():
+                parts += 1
+                if parts > self._max_fields:
+                    raise BadRequest(f"Too many form fields: more than {self._max_fields}.")
+                self._read_part()
+            self._discard_epilogue()
+        except BaseException:
+            for _, upload in self.files:
+                upload.close()
+            raise
+        return self.fields, self.files
+
+    def _fill(self) -> bool:
+        """Append the next chunk to the buffer; False at the end of the body."""
+        if self._eof:
+            return False
+        data = self._read(self._chunk_size)
+        if not data:
+            self._eof = True
+            return False
+        self._buf += data
+        return True
+
+    def _find(self, needle: bytes, start: int) -> int:
+        return self._buf.find(needle, start)
+
+    def _copy_until_delimiter(self, sink: Callable[[bytes], object], at_end: str) -> None:
+        """Pass the bytes before the next delimiter to `sink` and consume the delimiter."""
+        delimiter = self._delimiter
+        keep = len(delimiter) - 1
+        while True:
+            # What is left from the last round is shorter than the delimiter: each byte is
+            # examined once, plus at most len(delimiter) bytes per chunk read.
+            found = self._find(delimiter, 0)
+            if found >= 0:
+                if found:
+                    sink(bytes(self._buf[:found]))
+                del self._buf[: found + len(delimiter)]
+                return
+            # All but a tail that may begin a delimiter is content.
+            safe = len(self._buf) - keep
+            if safe > 0:
+                sink(bytes(self._buf[:safe]))
+                del self._buf[:safe]
+            if not self._fill():
+                raise BadRequest(at_end)
+
+    def _skip_preamble(self) -> None:
+        size = -2  # the virtual CRLF
+
+        def discard(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > _MULTIPART_MAX_PREAMBLE:
+                raise BadRequest("Multipart preamble too large.")
+
+        self._copy_until_delimiter(discard, "No multipart boundary found in the body.")
+
+    def _next_is_part(self) -> bool:
+        """After a delimiter: True when a part follows, False (consumed) at `--`, the end."""
+        while len(self._buf) < 2:
+            if not self._fill():
+                raise BadRequest(_TRUNCATED)
+        if self._buf[:2] == b"--":
+            del self._buf[:2]
+            return False
+        return True
+
+    def _discard_epilogue(self) -> None:
+        # Read to the end, so the whole body is consumed, but no further than the limit.
+        size = len(self._buf)
+        self._buf.clear()
+        while size <= _MULTIPART_MAX_EPILOGUE and self._fill():
+            size += len(self._buf)
+            self._buf.clear()
+        if size > _MULTIPART_MAX_EPILOGUE:
+            raise BadRequest("Multipart epilogue too large.")
+
+    def _read_part(self) -> None:
+        name, filename, content_type, params = _part_info(self._read_header_block())
+        if filename is None:
+            data = bytearray()
+            self._copy_body(data.extend)
+            text = _decode_text(bytes(data), params.get("charset"), self._encoding)
+            self.fields.append((name, text))
+            return
+        upload = UploadedFile(name, filename, content_type or "application/octet-stream",
+                              params.get("charset"))
+        self.files.append((name, upload))
+        self._copy_body(upload.file.write)
+        upload.size = upload.file.tell()
+        upload.file.seek(0)
+        if not upload.filename and not upload.size:
+            # "No file chosen" in a browser: an empty part with filename="".
+            self.files.pop()
+            upload.close()
+
+    def _read_header_block(self) -> bytes:
+        """The bytes from the end of the delimiter to the blank line (the rest of the
+        delimiter line, then the header lines)."""
+        start = 0
+        while (found := self._find(b"\r\n\r\n", start)) < 0:
+            # The blank line can only begin in the last 3 bytes: the block is that long.
+            start = max(0, len(self._buf) - 3)
+            if start > _MULTIPART_MAX_HEADER_BYTES:
+                raise BadRequest("Multipart part headers too large.")
+            if not self._fill():
+                raise BadRequest(_TRUNCATED)
+        if found > _MULTIPART_MAX_HEADER_BYTES:
+            raise BadRequest("Multipart part headers too large.")
+        block = bytes(self._buf[:found])
+        # Leave the blank line's CRLF: it may also be the start of the next delimiter,
+        # when a part has no body at all (RFC 2046's body-part is optional).
+        del self._buf[: found + 2]
+        return block
+
+    def _copy_body(self, sink: Callable[[bytes], object]) -> None:
+        delimiter = self._delimiter
+        while len(self._buf) < len(delimiter) and self._fill():
+            pass
+        if self._buf.startswith(delimiter):
+            del self._buf[: len(delimiter)]
+            return
+        del self._buf[:2]
+        self._copy_until_delimiter(sink, _TRUNCATED)
+
+
+def _part_info(block: bytes) -> tuple[str, str | None, str, dict[str, str]]:
+    """(field name, file name or None, content type, its parameters) of a part."""
+    headers = _parse_part_headers(block)
+    disposition = headers.get("content-disposition")
+    if disposition is None:
+        raise BadRequest("Multipart part without a Content-Disposition header.")
+    kind, params = _parse_options_header(disposition)
+    name = params.get("name")
+    if kind != "form-data" or name is None:
+        raise BadRequest("Multipart part is not form-data with a name.")
+    # `filename*` stays ignored, as RFC 7578 4.2 requires.
+    content_type, content_params = _parse_options_header(headers.get("content-type", ""))
+    return name, params.get("filename"), content_type, content_params
+
+
+def _parse_part_headers(block: bytes) -> dict[str, str]:
+    """The headers of a part, names lowercased; BadRequest when malformed or too many."""
+    padding, *lines = block.split(b"\r\n")
+    if padding.strip(b" \t"):
+        raise BadRequest("Malformed multipart boundary line.")
+    if len(lines) > _MULTIPART_MAX_HEADER_LINES:
+        raise BadRequest("Too many multipart part header lines.")
+    headers: dict[str, str] = {}
+    for raw in lines:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("latin-1")
+        name, colon, value = line.partition(":")
+        name = name.lower()
+        if not colon or not _TOKEN_RE.fullmatch(name) or _HEADER_VALUE_BAD_RE.search(value):
+            raise BadRequest("Malformed multipart part header.")
+        if name in headers and name in ("content-disposition", "content-type"):
+            # Two of them could be read differently by a proxy and by the application.
+            raise BadRequest(f"Repeated {name} header in a multipart part.")
+        headers[name] = value.strip(" \t")
+    return headers
+
+
+def _decode_text(data: bytes, charset: str | None, fallback: str) -> str:
+    """Decode a text field with its part's charset, else `fallback`, else UTF-8."""
+    for candidate in (charset, fallback):
+        if candidate and _is_form_charset(candidate):
+            try:
+                return data.decode(candidate, "replace")
+            except UnicodeError:
+                continue
+    return data.decode("utf-8", "replace")
+
+
+def _is_form_charset(name: str) -> bool:
+    import codecs
+
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
+        return False
+    # Not bytes-to-bytes codecs such as base64 (the flag is private but stable since 3.4).
+    text_codec = getattr(info, "_is_text_encoding", True)
+    return bool(text_codec) and info.name not in _REFUSED_CHARSETS
+
+
 class _lazy:  # noqa: N801 (a decorator, named like functools.cached_property)
     """A cached property for the hot path: computed on first access, then a plain attribute.
 
@@ -548,17 +1021,7 @@ class Request:
     @property
     def encoding(self) -> str:
         charset = self.content_params.get("charset", "utf-8")
-        import codecs
-        try:
-            info = codecs.lookup(charset)
-        except (LookupError, ValueError, TypeError):
-            return "utf-8"
-        # rot13, zlib, base64 and "undefined" are codecs, but no form's charset.
-        try:
-            b"a".decode(info.name)
-        except (LookupError, UnicodeError):
-            return "utf-8"
-        return info.name
+        return charset if _is_form_charset(charset) else "utf-8"
 
     @_lazy
     def content_length(self) -> int | None:
@@ -634,7 +1097,10 @@ class Request:
 
     @_lazy
     def COOKIES(self) -> dict[str, str]:
-        return _parse_cookie(self.environ.get("HTTP_COOKIE", ""))
+        raw = self.environ.get("HTTP_COOKIE", "")
+        if not raw.isascii():  # PEP 3333 hands header bytes over as latin-1
+            raw = raw.encode("latin-1", "replace").decode("utf-8", "replace")
+        return _parse_cookie(raw)
 
     @_lazy
     def POST(self) -> QueryDict:
@@ -2146,13 +2612,14 @@ class Route:
     """One compiled route: its pattern, view, methods and the regex that matches paths."""
 
     __slots__ = (
+        "_conversions",
         "_parts",
         "_positional",
         "converters",
-        "literal_prefix",
         "index",
         "kwargs",
         "literal",
+        "literal_prefix",
         "methods",
         "name",
         "pattern",
@@ -2176,6 +2643,7 @@ class Route:
         self.literal_prefix = ""
         self._parts: list[tuple[str, str | None]] = []
         self._positional = False
+        self._conversions: list[tuple[str, Callable[[str], Any]]] = []
         if pattern.startswith("^"):
             self._compile_regex(pattern)
         else:
@@ -2226,6 +2694,10 @@ class Route:
         self._parts.append((tail, None))
         regex.append(re.escape(tail))
         self.regex = re.compile("".join(regex))
+        # PERF: str placeholders need no conversion; only the others are looped over.
+        self._conversions = [(name, converter.to_python)
+                             for name, converter in self.converters.items()
+                             if converter.to_python is not str]
         if not self.converters:
             self.literal = pattern
         # The whole path segments before the first placeholder ("/api/users/" for
@@ -2244,8 +2716,8 @@ class Route:
             return found.groups(), dict(self.kwargs)
         kwargs = found.groupdict()
         try:
-            for name, converter in self.converters.items():
-                kwargs[name] = converter.to_python(kwargs[name])
+            for name, to_python in self._conversions:
+                kwargs[name] = to_python(kwargs[name])
         except ValueError:
             # e.g. an int past Python's digit limit: not a path this route serves.
             return None
@@ -2441,7 +2913,7 @@ class Resolver:
             found = item.match(path)
             if found is None:
                 continue
-            if item.accepts(method):
+            if method in item.methods if item.methods is not None else method != "OPTIONS":
                 return item, found[0], found[1]
             allowed.update(item.allowed())
         if allowed:
@@ -3337,40 +3809,6 @@ class Client:
                     # Kept as sent (quoted if the server quoted it), as a browser returns it.
                     self.cookies[key] = morsel.coded_value
                     response.cookies[key] = morsel.value
-
-
-# TEMP-STANDINS (replaced when the helpers' sections are spliced in)
-def _parse_options_header(value: str) -> tuple[str, dict[str, str]]:
-    main, *params = value.split(";")
-    out = {}
-    for p in params:
-        k, _, v = p.strip().partition("=")
-        out[k.lower()] = v.strip('"')
-    return main.strip().lower(), out
-
-
-def _parse_cookie(header: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in header.split(";"):
-        k, sep, v = part.strip().partition("=")
-        if sep and k and k not in out:
-            out[k] = v.strip('"')
-    return out
-
-
-def _check_boundary(boundary: str) -> bytes:
-    if not boundary:
-        raise BadRequest("no boundary")
-    return boundary.encode()
-
-
-def _parse_multipart(read: Any, boundary: bytes, *, max_fields: int,
-                     encoding: str = "utf-8") -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
-    raise BadRequest("multipart not ready")
-
-
-class UploadedFile:
-    pass
 
 
 def make_server(*args: Any, **kwargs: Any) -> Any:
