@@ -8,16 +8,23 @@ jinja2 are optional and imported inside the functions that use them.
 
 from __future__ import annotations
 
+import _thread
 import io
-import json
 import operator
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import IO, Any, NamedTuple
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers only
+    from typing import IO, Any
+
+    _StrMapping = Mapping[str, Any]
+    _HeaderMapping = Mapping[str, str]
+else:
+    _StrMapping = _HeaderMapping = Mapping
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 __version__ = "0.1.0"
@@ -110,7 +117,7 @@ class TemplateError(Exception):
 
 # ---------------------------------------------------------------------------- data structures
 
-class MultiDict(Mapping[str, Any]):
+class MultiDict(_StrMapping):
     """A mapping of keys to lists of values; `d[k]` is the last value, as in Django.
 
     Immutable unless made by `copy()` (or constructed with `mutable=True`).
@@ -243,7 +250,7 @@ def parse_query_string(query: str | bytes, encoding: str = "utf-8") -> list[tupl
     return pairs
 
 
-class Headers(Mapping[str, str]):
+class Headers(_HeaderMapping):
     """Case-insensitive, read-only view of a request's HTTP headers, built from the environ."""
 
     def __init__(self, environ: Mapping[str, Any]) -> None:
@@ -298,7 +305,7 @@ class Signal:
     def __init__(self, name: str = "") -> None:
         self.name = name
         self.receivers: list[Callable[..., Any]] = []
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def connect(self, receiver: Callable[..., Any]) -> Callable[..., Any]:
         """Add a receiver (once); returns it, so `connect` also works as a decorator."""
@@ -1073,6 +1080,7 @@ class Request:
         content_type = self.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise BadRequest("Expected a JSON body (Content-Type: application/json)")
+        import json
         body = self.body
         charset = self.content_params.get("charset")
         try:
@@ -1482,6 +1490,7 @@ class JsonResponse(HttpResponse):
 
     def __init__(self, data: Any, status: int = 200, *, encoder: Any = None,
                  json_dumps_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        import json
         kwargs.setdefault("content_type", "application/json")
         params = json_dumps_params or {}
         body = json.dumps(data, cls=encoder, ensure_ascii=False, separators=(",", ":"),
@@ -1489,6 +1498,7 @@ class JsonResponse(HttpResponse):
         super().__init__(body, status, **kwargs)
 
     def json(self) -> Any:
+        import json
         return json.loads(self.content)
 
 
@@ -1763,19 +1773,23 @@ def escape(value: Any) -> SafeString:
     return value if isinstance(value, SafeString) else SafeString(_to_html(value))
 
 
-_TemplateScope = dict[str, Any]
-_Eval = Callable[[_TemplateScope], Any]
-_Render = Callable[[_TemplateScope, list[str]], None]
+if TYPE_CHECKING:  # the scope is the context plus loop names
+    _TemplateScope = dict[str, Any]
+    _Eval = Callable[[_TemplateScope], Any]
+    _Render = Callable[[_TemplateScope, list[str]], None]
 
 # Marks "lookup found nothing"; distinct from None, which is a legitimate value to print.
 _UNRESOLVED: Any = object()
 
 
-class _TemplateOrigin(NamedTuple):
+class _TemplateOrigin:
     """Where a node comes from, so that every error can name the template and the line."""
 
-    template: str
-    line: int
+    __slots__ = ("line", "template")
+
+    def __init__(self, template: str, line: int) -> None:
+        self.template = template
+        self.line = line
 
     def error(self, message: str) -> TemplateError:
         return TemplateError(f"{message} (template {self.template!r}, line {self.line})")
@@ -2151,10 +2165,13 @@ class _ExpressionParser:
 
 # -- templates: tokens and nodes
 
-class _TemplateToken(NamedTuple):
-    kind: str  # "text", or the opener: "{{", "{%", "{#"
-    content: str
-    line: int
+class _TemplateToken:
+    __slots__ = ("content", "kind", "line")
+
+    def __init__(self, kind: str, content: str, line: int) -> None:
+        self.kind = kind  # "text", or the opener: "{{", "{%", "{#"
+        self.content = content
+        self.line = line
 
 
 _TAG_OPENER = re.compile(r"\{[{%#]")
@@ -2183,10 +2200,13 @@ def _tokenize_template(source: str, name: str) -> list[_TemplateToken]:
     return tokens
 
 
-class _TemplateTag(NamedTuple):
-    name: str
-    args: str
-    line: int
+class _TemplateTag:
+    __slots__ = ("args", "line", "name")
+
+    def __init__(self, name: str, args: str, line: int) -> None:
+        self.name = name
+        self.args = args
+        self.line = line
 
 
 def _render_nothing(scope: _TemplateScope, out: list[str]) -> None:
@@ -2311,10 +2331,13 @@ def _restore_names(scope: _TemplateScope, names: tuple[str, ...], saved: list[An
             scope[name] = old
 
 
-class _ForHeader(NamedTuple):
-    targets: tuple[str, ...]
-    iterable: _Eval
-    reverse: bool
+class _ForHeader:
+    __slots__ = ("iterable", "reverse", "targets")
+
+    def __init__(self, targets: tuple[str, ...], iterable: _Eval, reverse: bool) -> None:
+        self.targets = targets
+        self.iterable = iterable
+        self.reverse = reverse
 
 
 def _for_node(header: _ForHeader, body: _Render, otherwise: _Render | None,
@@ -2536,7 +2559,7 @@ class TemplateLoader:
         self.dirs: tuple[str, ...] = tuple(os.fspath(directory) for directory in dirs)
         self.strict = strict
         self._cache: dict[str, Template] = {}
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def get_template(self, name: str) -> Template:
         template = self._cache.get(name)
@@ -3172,7 +3195,7 @@ class App:
         self._middleware_chain: Callable[[Request], HttpResponse] | None = None
         self._resolver: Resolver | None = None
         self._templates: Any = None
-        self._lock = threading.RLock()
+        self._lock = _thread.RLock()
 
     # -- configuration
     def route(self, pattern: str, methods: Iterable[str] | None = None,
@@ -3581,6 +3604,7 @@ class ClientResponse:
         return self.content.decode(match.group(1) if match else "utf-8", "replace")
 
     def json(self) -> Any:
+        import json
         return json.loads(self.content)
 
     def __getitem__(self, name: str) -> str:
@@ -3718,6 +3742,7 @@ class Client:
         if body is not None:
             return (body.encode() if isinstance(body, str) else body), content_type
         if json_data is not None:
+            import json
             return json.dumps(json_data).encode(), content_type or "application/json"
         if files:
             return _encode_multipart(data or {}, files)
