@@ -1240,15 +1240,16 @@ class HttpResponse:
     streaming = False
     # A class attribute, so the handler's "does it need rendering?" test costs no exception.
     render: Any = None
+    # PERF: defaults live on the class; an instance sets only what differs.
+    _reason_phrase: str | None = None
+    _closed = False
+    _resource_closers: Sequence[Callable[[], Any]] = ()
 
     def __init__(self, content: Any = b"", status: int = 200, content_type: str | None = None,
                  headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
                  charset: str | None = None) -> None:
         self.status_code = status
-        self._reason_phrase: str | None = None
         self._charset = charset
-        self._resource_closers: list[Callable[[], Any]] = []
-        self._closed = False
         if content_type is None and charset is None and not headers and type(content) in (
                 bytes, str):
             # PERF: the common case (a view returned text) skips header validation of
@@ -1428,6 +1429,10 @@ class HttpResponse:
                            for morsel in self.cookies.values())
         return headers
 
+    def add_closer(self, closer: Callable[[], Any]) -> None:
+        """Call `closer` when the server closes the response (a file, an iterator)."""
+        self._resource_closers = [*self._resource_closers, closer]
+
     def close(self) -> None:
         """Release what the response holds and send `request_finished`; safe to call twice."""
         if self._closed:
@@ -1521,7 +1526,7 @@ class StreamingHttpResponse(HttpResponse):
     def streaming_content(self, value: Iterable[Any]) -> None:
         self._iterable = value
         if hasattr(value, "close"):
-            self._resource_closers.append(value.close)
+            self.add_closer(value.close)
 
     @property
     def content(self) -> bytes:
@@ -1560,7 +1565,7 @@ class FileResponse(StreamingHttpResponse):
         self.filename = filename or os.path.basename(str(getattr(file_or_path, "name", "")))
         super().__init__(iter(lambda: self.file.read(self.block_size), b""), status,
                          content_type or self._guess_type(), headers)
-        self._resource_closers.append(file_or_path.close)
+        self.add_closer(file_or_path.close)
         self._set_length()
         if (as_attachment or self.filename) and "content-disposition" not in self._headers:
             self["Content-Disposition"] = _content_disposition(
@@ -3310,7 +3315,7 @@ class App:
         """Run the request through the middleware onion; always returns a response."""
         response = (chain or self._middleware_chain or self.load_middleware())(request)
         if request._files_to_close:
-            response._resource_closers.append(request.close)
+            response.add_closer(request.close)
         if response.status_code >= 400 and not getattr(response, "_logged", False):
             self.log_response(request, response)
         return response
@@ -3481,7 +3486,7 @@ class App:
                         start_response: Callable[..., Any]) -> Iterable[bytes]:
         status = response.status_code
         headers = response.wsgi_headers()
-        bodiless = status in (204, 304) or 100 <= status < 200
+        bodiless = status in _BODILESS_STATUSES
         if bodiless:
             headers = [(k, v) for k, v in headers
                        if k.lower() not in ("content-type", "content-length")]
@@ -3509,6 +3514,8 @@ def _all_status_lines() -> dict[int, str]:
 
 
 _STATUS_LINES: dict[int, str] = {}
+# RFC 9110: these responses have no body, so no Content-Type or Content-Length either.
+_BODILESS_STATUSES = frozenset([*range(100, 200), 204, 304])
 
 
 def _status_line(status: int, response: HttpResponse) -> str:
