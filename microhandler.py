@@ -289,11 +289,23 @@ class Headers(_HeaderMapping):
         return f"<Headers {dict(self.items())!r}>"
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Control characters but tab: CR, LF and NUL would split the response; the others are
+# refused by servers (and wsgiref.validate) anyway.
+_HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def check_header(name: str, value: str) -> tuple[str, str]:
-    """Refuse CR, LF and NUL, which would let a value start a new header or a body."""
-    for part in (name, value):
-        if "\r" in part or "\n" in part or "\0" in part:
-            raise BadHeaderError(f"Header {name!r} holds CR, LF or NUL: {part!r}")
+    """Refuse a header that could split the response (CR, LF, NUL), a name that is not an
+    RFC 9110 token, and a value PEP 3333 cannot send (not latin-1)."""
+    if _HEADER_NAME.fullmatch(name) is None:
+        raise BadHeaderError(f"Header name {name!r} is not a token (letters, digits, -)")
+    if _HEADER_VALUE_CONTROL.search(value) is not None:
+        raise BadHeaderError(f"Header {name!r} holds CR, LF, NUL or another control "
+                             f"character: {value!r}")
+    if not value.isascii() and max(value) > "\xff":
+        raise BadHeaderError(f"Header {name!r} is not latin-1 text (PEP 3333); "
+                             f"percent-encode it: {value!r}")
     return name, value
 
 
@@ -1378,13 +1390,17 @@ class HttpResponse:
                    path: str | None = "/", domain: str | None = None, secure: bool = False,
                    httponly: bool = False, samesite: str | None = None) -> None:
         """Set a cookie; `max_age` in seconds (or a timedelta) also sets `expires`."""
-        from http.cookies import CookieError
-        check_header("Set-Cookie", key + str(value))
+        from http.cookies import CookieError, Morsel
+        value = str(value)
+        if any(c in key + value for c in "\r\n\x00"):
+            # Quoting would make them harmless, but a CR or LF here is a bug to report.
+            raise BadHeaderError(f"Cookie {key!r} holds CR, LF or NUL")
+        morsel: Morsel[str] = Morsel()
         try:
-            self.cookies[key] = value
+            morsel.set(key, value, _quote_cookie_value(value))
         except CookieError as exc:
             raise BadHeaderError(f"Illegal cookie name {key!r}: {exc}") from None
-        morsel = self.cookies[key]
+        self.cookies[key] = morsel
         if max_age is not None:
             seconds = int(max_age.total_seconds() if hasattr(max_age, "total_seconds")
                           else max_age)
@@ -1485,9 +1501,25 @@ def _cookie_expires(expires: Any) -> str:
     if isinstance(expires, str):
         check_header("Set-Cookie", expires)
         return expires
-    if hasattr(expires, "timestamp"):  # a datetime
+    if hasattr(expires, "timestamp"):  # a datetime; a naive one is UTC, as in Django
+        if getattr(expires, "tzinfo", True) is None:
+            from datetime import timezone
+            expires = expires.replace(tzinfo=timezone.utc)
         return _http_date(expires.timestamp())
     return _http_date(float(expires))
+
+
+_COOKIE_PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~:]*")
+
+
+def _quote_cookie_value(value: str) -> str:
+    """A cookie value as sent: as it is when plain, else quoted with every other UTF-8
+    byte as a backslash-octal escape (what the cookie parser above decodes)."""
+    if _COOKIE_PLAIN.fullmatch(value):
+        return value
+    escaped = "".join(chr(byte) if 0x20 < byte < 0x7F and byte not in b'",;\\' else
+                      f"\\{byte:03o}" for byte in value.encode("utf-8"))
+    return f'"{escaped}"'
 
 
 class JsonResponse(HttpResponse):
@@ -1642,7 +1674,7 @@ def redirect(to: str, /, *args: Any, permanent: bool = False,
     the name is tried first."""
     request = _current_request.get()
     app = request.app if request is not None else None
-    looks_like_url = "/" in to or "." in to
+    looks_like_url = "/" in to or "." in to or ":" in to
     if app is not None and not to.startswith(("/", "http:", "https:")):
         try:
             return HttpResponseRedirect(app.reverse(to, *args, **kwargs),
@@ -3785,6 +3817,7 @@ class Client:
         if self.cookies:
             environ["HTTP_COOKIE"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         for name, value in (headers or {}).items():
+            value = value.encode("utf-8").decode("latin-1")  # as a server hands bytes over
             key = name.upper().replace("-", "_")
             if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                 environ[key] = value
@@ -3840,7 +3873,7 @@ class Client:
                 else:
                     # Kept as sent (quoted if the server quoted it), as a browser returns it.
                     self.cookies[key] = morsel.coded_value
-                    response.cookies[key] = morsel.value
+                    response.cookies[key] = _unquote_cookie(morsel.coded_value)
 
 
 def make_server(*args: Any, **kwargs: Any) -> Any:
