@@ -233,12 +233,18 @@ class QueryDict(MultiDict):
 
 
 def _decode_form_component(raw: bytes, encoding: str) -> str:
+    if b"%" not in raw and b"+" not in raw:
+        return raw.decode(encoding, "replace")
     return unquote_to_bytes(raw.replace(b"+", b" ")).decode(encoding, "replace")
 
 
 def parse_query_string(query: str | bytes, encoding: str = "utf-8") -> list[tuple[str, str]]:
     """Parse `a=1&b=&c` leniently: `&` alone separates, bad escapes decode with replacement."""
     if isinstance(query, str):
+        if encoding == "utf-8" and query.isascii() and "%" not in query and "+" not in query:
+            # PERF: the usual query has nothing to decode: split it as it is.
+            return [(key, value) for key, _, value in
+                    (field.partition("=") for field in query.split("&") if field)]
         query = query.encode("latin-1", "replace")
     pairs = []
     for field in query.split(b"&"):
@@ -870,7 +876,11 @@ class LimitedStream:
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(65536), b""))
+            # With a known length, one read usually brings it all.
+            parts = []
+            while chunk := self.read(65536 if self._remaining is None else self._remaining):
+                parts.append(chunk)
+            return b"".join(parts)
         wanted = self._size_to_read(size)
         if wanted <= 0:
             return b""
@@ -1522,6 +1532,18 @@ def _quote_cookie_value(value: str) -> str:
     return f'"{escaped}"'
 
 
+_json_encoder: Any = None
+
+
+def _compact_json_encoder() -> Any:
+    """One encoder for every JsonResponse (json.dumps with options builds one per call)."""
+    global _json_encoder
+    if _json_encoder is None:
+        import json
+        _json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    return _json_encoder
+
+
 class JsonResponse(HttpResponse):
     """`data` serialised as JSON; lists are allowed (no JSON-hijacking concern today)."""
 
@@ -1529,9 +1551,11 @@ class JsonResponse(HttpResponse):
                  json_dumps_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
         import json
         kwargs.setdefault("content_type", "application/json")
-        params = json_dumps_params or {}
-        body = json.dumps(data, cls=encoder, ensure_ascii=False, separators=(",", ":"),
-                          **params).encode("utf-8")
+        if encoder is None and not json_dumps_params:
+            body = _compact_json_encoder().encode(data).encode("utf-8")
+        else:
+            body = json.dumps(data, cls=encoder, ensure_ascii=False, separators=(",", ":"),
+                              **(json_dumps_params or {})).encode("utf-8")
         super().__init__(body, status, **kwargs)
 
     def json(self) -> Any:
