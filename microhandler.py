@@ -2704,6 +2704,7 @@ class Route:
         "kwargs",
         "literal",
         "literal_prefix",
+        "match",
         "methods",
         "name",
         "pattern",
@@ -2732,6 +2733,7 @@ class Route:
             self._compile_regex(pattern)
         else:
             self._compile_template(pattern)
+        self.match = self._make_matcher()
 
     @staticmethod
     def _allowed_methods(view: Any, methods: Iterable[str] | None) -> frozenset[str] | None:
@@ -2789,25 +2791,37 @@ class Route:
         prefix = self._parts[0][0]
         self.literal_prefix = prefix[:prefix.rfind("/") + 1] if prefix.count("/") >= 2 else ""
 
-    def match(self, path: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        """The view's arguments when `path` matches, else None."""
-        if self.literal is not None:
-            return ((), dict(self.kwargs)) if path == self.literal else None
-        found = self.regex.fullmatch(path)
-        if found is None:
-            return None
+    def _make_matcher(self) -> Callable[[str], tuple[tuple[Any, ...], dict[str, Any]] | None]:
+        """Build `match(path)`: the view's arguments when `path` matches, else None.
+
+        PERF: a closure over what it needs, built once, so a request pays for no attribute
+        lookups; a literal route only compares strings.
+        """
+        fullmatch, extra, conversions = self.regex.fullmatch, self.kwargs, self._conversions
+        literal = self.literal
+        if literal is not None:
+            return lambda path: ((), dict(extra)) if path == literal else None
         if self._positional:
-            return found.groups(), dict(self.kwargs)
-        kwargs = found.groupdict()
-        try:
-            for name, to_python in self._conversions:
-                kwargs[name] = to_python(kwargs[name])
-        except ValueError:
-            # e.g. an int past Python's digit limit: not a path this route serves.
-            return None
-        if self.kwargs:
-            kwargs.update(self.kwargs)
-        return (), kwargs
+            def match_positional(path: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+                found = fullmatch(path)
+                return None if found is None else (found.groups(), dict(extra))
+            return match_positional
+
+        def match(path: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+            found = fullmatch(path)
+            if found is None:
+                return None
+            kwargs = found.groupdict()
+            try:
+                for name, to_python in conversions:
+                    kwargs[name] = to_python(kwargs[name])
+            except ValueError:
+                # e.g. an int past Python's digit limit: not a path this route serves.
+                return None
+            if extra:
+                kwargs.update(extra)
+            return (), kwargs
+        return match
 
     def accepts(self, method: str) -> bool:
         methods = self.methods
@@ -2953,9 +2967,11 @@ class Resolver:
             else:
                 by_prefix.setdefault(item.literal_prefix, []).append(item)
         self._anywhere = by_prefix.pop("")
-        self._buckets = {prefix: self._bucket(prefix, by_prefix) for prefix in by_prefix}
-        # How many leading segments a bucket key can have: the lookup tries no more.
-        self._depth = max((prefix.count("/") - 1 for prefix in self._buckets), default=0)
+        # Every prefix of a key is a key too, so the lookup can walk down the path's
+        # segments and stop at the first miss: the last hit is the longest prefix.
+        keys = {key[:end + 1] for key in by_prefix for end in range(1, len(key))
+                if key[end] == "/"}
+        self._buckets = {prefix: self._bucket(prefix, by_prefix) for prefix in keys}
         # A literal path whose first candidate is its own route resolves with one lookup.
         self.first_static = {path: routes[0] for path, routes in self._static.items()
                              if self.candidates(path)[0] is routes[0]
@@ -2970,18 +2986,11 @@ class Resolver:
     def candidates(self, path: str) -> list[Route]:
         """The routes that may match `path`, in registration order."""
         dynamic = self._anywhere
-        if self._depth:
-            ends, end = [], 0
-            for _ in range(self._depth):
-                end = path.find("/", end + 1)
-                if end < 0:
-                    break
-                ends.append(end + 1)
-            for end in reversed(ends):
-                found = self._buckets.get(path[:end])
-                if found is not None:
-                    dynamic = found
-                    break
+        buckets = self._buckets
+        end = path.find("/", 1)
+        while end > 0 and (found := buckets.get(path[:end + 1])) is not None:
+            dynamic = found
+            end = path.find("/", end + 1)
         static = self._static.get(path)
         if static is None:
             return dynamic
