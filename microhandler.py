@@ -9,6 +9,7 @@ jinja2 are optional and imported inside the functions that use them.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import io
 import operator
 import os
@@ -19,6 +20,9 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers only
+    import argparse
+    import socket
+    import subprocess
     from typing import IO, Any
 
     _StrMapping = Mapping[str, Any]
@@ -41,7 +45,7 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------------- exceptions
+# ---------------------------------------------------------------- exceptions
 
 class HttpError(Exception):
     """An exception that becomes a response with its HTTP status."""
@@ -115,7 +119,7 @@ class TemplateError(Exception):
     """A template could not be found, parsed or rendered; the message names it and the line."""
 
 
-# ---------------------------------------------------------------------------- data structures
+# ---------------------------------------------------------------- data structures
 
 class MultiDict(_StrMapping):
     """A mapping of keys to lists of values; `d[k]` is the last value, as in Django.
@@ -315,7 +319,7 @@ def check_header(name: str, value: str) -> tuple[str, str]:
     return name, value
 
 
-# ---------------------------------------------------------------------------- signals
+# ---------------------------------------------------------------- signals
 
 class Signal:
     """A list of receivers called as `receiver(sender, **kwargs)` by `send()`."""
@@ -353,7 +357,7 @@ request_finished = Signal("request_finished")
 got_request_exception = Signal("got_request_exception")
 
 
-# ---------------------------------------------------------------------------- request and parsers
+# ---------------------------------------------------------------- request and parsers
 
 # -- parsers: header parameters
 
@@ -1194,7 +1198,7 @@ class Request:
             upload.close()
 
 
-# ---------------------------------------------------------------------------- responses
+# ---------------------------------------------------------------- responses
 
 def _reason_phrase(status: int) -> str:
     from http import HTTPStatus
@@ -1781,7 +1785,7 @@ class TemplateResponse(HttpResponse):
         return iter((self.content,))
 
 
-# ---------------------------------------------------------------------------- templates
+# ---------------------------------------------------------------- templates
 
 
 def _escape_html(text: str) -> str:
@@ -2654,7 +2658,7 @@ class TemplateLoader:
         raise TemplateError(f"template {name!r} not found; searched: {searched}")
 
 
-# ---------------------------------------------------------------------------- routing
+# ---------------------------------------------------------------- routing
 
 class _Converter:
     """How a `<conv:name>` placeholder matches (`regex`) and converts its text."""
@@ -3146,7 +3150,7 @@ def _requested_range(environ: Mapping[str, Any], etag: str, size: int) -> range 
     return range(start, min(int(last) + 1, size) if last else size)
 
 
-# ---------------------------------------------------------------------------- views
+# ---------------------------------------------------------------- views
 
 class View:
     """A class-based view: one method per HTTP verb (`get`, `post`...), a new instance per
@@ -3194,7 +3198,7 @@ class View:
         return handler(request, *args, **kwargs)
 
 
-# ---------------------------------------------------------------------------- middleware and App
+# ---------------------------------------------------------------- middleware and App
 
 def convert_exception_to_response(get_response: Callable[[Request], HttpResponse],
                                   app: App) -> Callable[[Request], HttpResponse]:
@@ -3220,9 +3224,19 @@ def _import_string(dotted_path: str) -> Any:
         raise ImproperlyConfigured(f"Cannot import middleware {dotted_path!r}: {exc}") from exc
 
 
-def _logger() -> Any:
-    import logging
-    return logging.getLogger("microhandler")
+class _LazyLogger:
+    """A logger fetched on first use: importing logging costs milliseconds at start-up,
+    and most requests log nothing."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        import logging
+        return getattr(logging.getLogger(self.name), attribute)
+
+
+_log = _LazyLogger("microhandler")
 
 
 def _name_of(thing: Any) -> str:
@@ -3497,7 +3511,7 @@ class App:
             return self.error_response(request, exc, exc.status)
         if got_request_exception.receivers:
             got_request_exception.send(sender=type(self), request=request, exc=exc)
-        _logger().error("Internal Server Error: %s", request.environ.get("PATH_INFO", ""),
+        _log.error("Internal Server Error: %s", request.environ.get("PATH_INFO", ""),
                         exc_info=exc)
         response = self.error_response(request, exc, 500)
         response._logged = True  # type: ignore[attr-defined]
@@ -3512,7 +3526,7 @@ class App:
             try:
                 response = self.make_response(handler(request, exc), handler)
             except Exception:
-                _logger().exception("The error handler for %s failed", status)
+                _log.exception("The error handler for %s failed", status)
         if response is None:
             response = self._default_error_response(request, exc, status)
         if isinstance(exc, MethodNotAllowed) and "allow" not in response._headers:
@@ -3531,7 +3545,7 @@ class App:
         return HttpResponse(text + "\n", status, content_type="text/plain; charset=utf-8")
 
     def log_response(self, request: Request, response: HttpResponse) -> None:
-        logger = _logger()
+        logger = _log
         log = logger.error if response.status_code >= 500 else logger.warning
         log("%s %s: %s %s", response.status_code, response.reason_phrase, request.method,
             request.environ.get("PATH_INFO", ""))
@@ -3653,7 +3667,7 @@ def _debug_page(request: Request, exc: BaseException) -> str:
             f"<h2>Traceback</h2><pre>{esc(trace)}</pre></body></html>")
 
 
-# ---------------------------------------------------------------------------- test client
+# ---------------------------------------------------------------- test client
 
 class ClientResponse:
     """What a Client call returns: status, headers, body, cookies and the Request used."""
@@ -3909,9 +3923,1022 @@ class Client:
                     response.cookies[key] = _unquote_cookie(morsel.coded_value)
 
 
-def make_server(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError
+# ---------------------------------------------------------------- servers and command line
+
+_server_log = _LazyLogger("microhandler.server")
+_reload_log = _LazyLogger("microhandler.reloader")
+
+_SERVER_CHOICES = ("wsgiref", "waitress")
+_WAITRESS_MISSING = (
+    'waitress is not installed: pip install waitress (or pip install "microhandler[waitress]")'
+)
+_STOP_TIMEOUT = 10.0   # how long shutdown() waits for the serving loop to return
+_GRACE_SECONDS = 5.0   # how long shutdown() lets requests in progress finish
+_SIGNAL_POLL = 0.2     # how often serve() looks at its stop flag
 
 
-def serve(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError
+class _ServerNotInstalled(ImportError):
+    """The chosen server's package is missing; the message says how to install it."""
+
+
+# -- servers: request bodies for the wsgiref server
+
+_BODY_BLOCK = 64 * 1024
+_DRAIN_LIMIT = 64 * 1024   # unread body bytes swallowed to keep a connection alive
+_LINGER_SECONDS = 2.0      # reading time granted to a client still sending when we hang up
+_CHUNK_LINE_LIMIT = 4096
+_TRAILER_LINE_LIMIT = 32
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_LENGTH_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+class _BadChunk(ValueError):
+    """The chunked request body is malformed (the framework answers 400)."""
+
+
+def _client_gone() -> ConnectionResetError:
+    return ConnectionResetError("the client closed the connection before the end of the body")
+
+
+class _RequestBody:
+    """`wsgi.input` for one request: reads stop at the end of the body, never past it."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self._pending = b""    # bytes readline() read past a newline; served first
+        self.broken = False    # a read failed: the connection is at an unknown position
+
+    @property
+    def finished(self) -> bool:
+        """True when the whole body has come off the socket."""
+        raise NotImplementedError
+
+    def unread_fits(self, limit: int) -> bool:
+        """True when what is left of the body can be drained to keep the connection."""
+        raise NotImplementedError
+
+    def _next_block(self, size: int) -> bytes:
+        """At most `size` bytes from the socket; b"" at the end of the body."""
+        raise NotImplementedError
+
+    def _read_block(self, size: int) -> bytes:
+        if self._pending:
+            block, self._pending = self._pending[:size], self._pending[size:]
+            return block
+        try:
+            return self._next_block(size)
+        except (OSError, ValueError):
+            self.broken = True
+            raise
+
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = -1 if size is None or size < 0 else size
+        parts = []
+        while wanted != 0:
+            block = self._read_block(_BODY_BLOCK if wanted < 0 else min(wanted, _BODY_BLOCK))
+            if not block:
+                break
+            parts.append(block)
+            if wanted > 0:
+                wanted -= len(block)
+        return b"".join(parts)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None or size < 0 else size
+        parts: list[bytes] = []
+        length = 0
+        while limit < 0 or length < limit:
+            block = self._read_block(_BODY_BLOCK if limit < 0 else min(_BODY_BLOCK, limit - length))
+            if not block:
+                break
+            end = block.find(b"\n") + 1
+            if end:
+                self._pending = block[end:] + self._pending
+                parts.append(block[:end])
+                break
+            parts.append(block)
+            length += len(block)
+        return b"".join(parts)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines, total = [], 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def drain(self, limit: int) -> bool:
+        """Read and drop up to `limit` unread bytes; True when the body is then finished."""
+        if self.broken or not self.unread_fits(limit):
+            return False
+        try:
+            while limit >= 0:
+                block = self._read_block(_BODY_BLOCK)
+                if not block:
+                    return True
+                limit -= len(block)
+        except (OSError, ValueError):
+            return False
+        return False
+
+
+class _LengthBody(_RequestBody):
+    """A body of Content-Length bytes (0 when the request has no body)."""
+
+    def __init__(self, rfile: Any, length: int) -> None:
+        super().__init__(rfile)
+        self._left = length
+
+    @property
+    def finished(self) -> bool:
+        return self._left == 0
+
+    def unread_fits(self, limit: int) -> bool:
+        return self._left <= limit
+
+    def _next_block(self, size: int) -> bytes:
+        size = min(size, self._left)
+        if size <= 0:
+            return b""
+        block = self._rfile.read1(size)
+        if not block:
+            raise _client_gone()
+        self._left -= len(block)
+        return block
+
+
+class _ChunkedBody(_RequestBody):
+    """A `Transfer-Encoding: chunked` body, decoded; trailers are read and ignored."""
+
+    def __init__(self, rfile: Any) -> None:
+        super().__init__(rfile)
+        self._chunk_left = 0
+        self.done = False
+
+    @property
+    def finished(self) -> bool:
+        return self.done
+
+    def unread_fits(self, limit: int) -> bool:
+        return self.done   # the size of what is left is unknown until the last chunk
+
+    def _next_block(self, size: int) -> bytes:
+        if self.done:
+            return b""
+        if self._chunk_left == 0:
+            self._chunk_left = self._read_chunk_size()
+            if self._chunk_left == 0:
+                self._skip_trailers()
+                self.done = True
+                return b""
+        block = self._rfile.read1(min(size, self._chunk_left))
+        if not block:
+            raise _client_gone()
+        self._chunk_left -= len(block)
+        if self._chunk_left == 0 and self._rfile.read(2) != b"\r\n":
+            raise _BadChunk("chunk data is not followed by CRLF")
+        return block
+
+    def _read_line(self) -> bytes:
+        line = self._rfile.readline(_CHUNK_LINE_LIMIT + 1)
+        if not line:
+            raise _client_gone()
+        if not line.endswith(b"\r\n"):
+            raise _BadChunk("chunk line too long or not ended by CRLF")
+        return bytes(line[:-2])
+
+    def _read_chunk_size(self) -> int:
+        text = self._read_line().split(b";", 1)[0].rstrip(b" \t")
+        if not _CHUNK_SIZE.fullmatch(text):
+            raise _BadChunk(f"bad chunk size {text[:20]!r}")
+        return int(text, 16)
+
+    def _skip_trailers(self) -> None:
+        for _ in range(_TRAILER_LINE_LIMIT):
+            if not self._read_line():
+                return
+        raise _BadChunk("too many trailer lines")
+
+
+# -- servers: the threaded wsgiref server
+
+_LOG_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _loggable(text: str) -> str:
+    """`text` with control characters escaped: a log line cannot be forged or recoloured."""
+    return text.translate(_LOG_ESCAPES)
+
+
+def _declared_length(value: str | None) -> int | None:
+    if value is None or not _LENGTH_DIGITS.fullmatch(value.strip()):
+        return None
+    return int(value)
+
+
+def _drop_underscore_headers(headers: Any) -> None:
+    # "X-User_Id" would become HTTP_X_USER_ID just like "X-User-Id", and so could pose as a
+    # header that a trusted proxy sets; nginx, gunicorn and waitress drop such names too.
+    for name in {name for name in headers if "_" in name}:
+        del headers[name]
+
+
+def _linger_close(sock: socket.socket) -> None:
+    """Half-close, then read what the client still sends (bounded in time).
+
+    Closing a socket that has unread data makes the kernel send a reset, which can destroy
+    the response (a 413, say) before the client has read it.
+    """
+    import socket
+    import time
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + _LINGER_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(_BODY_BLOCK):
+                return
+    except OSError:
+        pass
+
+
+_wsgiref_server_class: Any = None
+
+
+def _threading_wsgi_server() -> Any:
+    """The threaded wsgiref server class, built on first use: wsgiref, http.server and
+    socketserver cost over 20 ms to import, which a request handler never needs."""
+    global _wsgiref_server_class
+    if _wsgiref_server_class is not None:
+        return _wsgiref_server_class
+    import socket
+    import socketserver
+    import threading
+    import time
+    from http import HTTPStatus
+    from wsgiref.handlers import SimpleHandler
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+    class _ServerHandler(SimpleHandler):
+        """Runs the app for one request and frames its response for keep-alive."""
+
+        http_version = "1.1"
+        server_software = f"microhandler Python/{sys.version.split()[0]}"
+        # wsgiref copies os.environ into every request's environ: the app (and a debug page
+        # showing the environ) must not see the process's secrets.
+        os_environ: dict[str, str] = {}
+
+        status: str | None
+        headers: Any   # wsgiref.headers.Headers once start_response() ran
+
+        def __init__(self, request: _RequestHandler, body: _RequestBody,
+                     environ: dict[str, Any]) -> None:
+            wfile: Any = request.wfile
+            super().__init__(body, wfile, sys.stderr, environ, multithread=True)
+            self.request = request
+            self.body = body
+            self.completed = False   # the whole response went out and close() ran
+            self.status_code = "-"
+            self.body_bytes = 0
+            self._in_body = False
+            self._limit = None   # body bytes the client will read; None: until close
+            self._no_body = False
+
+        def cleanup_headers(self) -> None:
+            super().cleanup_headers()   # adds Content-Length when the body is one block
+            request, code = self.request, int(str(self.status)[:3])
+            self.status_code = str(code)
+            self._no_body = request.command == "HEAD" or code < 200 or code in (204, 304)
+            if code < 200 or code == 204:
+                del self.headers["Content-Length"]   # RFC 9110 forbids it there
+            declared = _declared_length(self.headers.get("Content-Length"))
+            self._limit = 0 if self._no_body else declared
+            # Without a length, only closing the connection tells the client where the body
+            # ends; an unread body too large to drain also ends the connection.
+            if (self._limit is None or not self.body.unread_fits(_DRAIN_LIMIT)
+                    or request.tracked_server.closing):
+                request.close_connection = True
+            if request.close_connection:
+                self.headers["Connection"] = "close"
+
+        def send_headers(self) -> None:
+            super().send_headers()
+            self._in_body = True
+
+        def _write(self, data: bytes) -> None:
+            if self._in_body:
+                data = self._clip(data)
+                self.body_bytes += len(data)
+            if data:
+                super()._write(data)
+
+        def _clip(self, data: bytes) -> bytes:
+            """Drop what the client will not read: HEAD/204/304 bodies, bytes past
+            Content-Length."""
+            if self._limit is None:
+                return data
+            room = self._limit - self.body_bytes
+            if len(data) <= room:
+                return data
+            if not self._no_body and not self.request.close_connection:
+                _server_log.warning("%s: the response is longer than its Content-Length; truncated",
+                                    self.request.log_target)
+                self.request.close_connection = True
+            return data[:max(room, 0)]
+
+        def close(self) -> None:
+            self.completed = True
+            if not self._no_body and self._limit is not None and self.body_bytes < self._limit:
+                self.request.close_connection = True   # the client still waits for missing bytes
+            try:
+                super().close()   # closes the app's iterable: the framework's request_finished
+            except Exception:
+                _server_log.exception("error closing the response of %s", self.request.log_target)
+
+        def log_exception(self, exc_info: Any) -> None:
+            _server_log.error("error while serving %s", self.request.log_target, exc_info=exc_info)
+
+
+    class _RequestHandler(WSGIRequestHandler):
+        """One connection: HTTP/1.1 keep-alive, bounded bodies, one log line per request."""
+
+        protocol_version = "HTTP/1.1"
+        timeout = 30.0                  # a silent client frees its thread after this many seconds
+        disable_nagle_algorithm = True  # small responses leave without waiting for an ACK
+        wbufsize = -1                   # buffered: status line, headers and first block go together
+        # As http.server; each header line and the header count are bounded there.
+        max_request_line = 65536
+        _linger = False
+        _content_length = ""   # CONTENT_LENGTH as the app sees it
+
+        @property
+        def tracked_server(self) -> _ThreadingWSGIServer:
+            server = self.server
+            assert isinstance(server, _ThreadingWSGIServer)
+            return server
+
+        @property
+        def log_target(self) -> str:
+            return f"{self.command} {_loggable(self.path.split('?', 1)[0])}"
+
+        def handle(self) -> None:
+            """Serve requests on this connection until either side ends it."""
+            self.close_connection = True
+            server = self.tracked_server
+            try:
+                while server.enter_idle(self.connection):
+                    line = self._read_request_line()
+                    if not line:
+                        break
+                    with server.busy(self.connection):
+                        self._handle_request(line)
+                        self.wfile.flush()
+                    if self.close_connection:
+                        break
+            except OSError as exc:   # the client left or timed out mid-request: nothing to answer
+                _server_log.debug("connection from %s ended: %r", self.client_address[0], exc)
+            finally:
+                server.forget(self.connection)
+
+        def _read_request_line(self) -> bytes:
+            try:
+                return bytes(self.rfile.readline(self.max_request_line + 1))
+            except (TimeoutError, ConnectionError):   # idle too long, or the client hung up
+                return b""
+
+        def _handle_request(self, line: bytes) -> None:
+            self.raw_requestline = line
+            if len(line) > self.max_request_line:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.parse_request():   # it answered the error (or the line was blank)
+                self.close_connection = True
+                return
+            if self.request_version != "HTTP/1.1":
+                self.close_connection = True   # HTTP/1.0 keep-alive needs its own headers: skip it
+            _drop_underscore_headers(self.headers)
+            body = self._request_body()
+            if body is None:
+                self._linger = True   # the body, whatever its size, was not read
+                return
+            self._run_app(body)
+
+        def _request_body(self) -> _RequestBody | None:
+            """The body reader the framing headers ask for; None after answering bad framing."""
+            codings = self.headers.get_all("Transfer-Encoding") or []
+            lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+            self._content_length = ""
+            if codings:
+                # Both framings at once, or chunked on HTTP/1.0, is how requests are smuggled
+                # past a proxy that reads the other framing.
+                if lengths or self.request_version != "HTTP/1.1":
+                    self.send_error(HTTPStatus.BAD_REQUEST, "Ambiguous request body framing")
+                    return None
+                if [coding.strip().lower() for coding in codings] != ["chunked"]:
+                    self.send_error(HTTPStatus.NOT_IMPLEMENTED, "Only chunked transfer coding")
+                    return None
+                return _ChunkedBody(self.rfile)
+            if len(lengths) > 1 or (lengths and not _LENGTH_DIGITS.fullmatch(next(iter(lengths)))):
+                self.send_error(HTTPStatus.BAD_REQUEST, "Bad Content-Length")
+                return None
+            self._content_length = str(int(lengths.pop())) if lengths else ""
+            return _LengthBody(self.rfile, int(self._content_length or 0))
+
+        def _run_app(self, body: _RequestBody) -> None:
+            environ = self.get_environ()
+            environ["CONTENT_LENGTH"] = self._content_length
+            environ["wsgi.input_terminated"] = True   # our wsgi.input says EOF at the body's end
+            if "Content-Type" not in self.headers:
+                # wsgiref says text/plain; waitress and gunicorn leave it out.
+                del environ["CONTENT_TYPE"]
+            cookies = self.headers.get_all("Cookie") or []
+            if len(cookies) > 1:   # wsgiref would join them with "," which breaks cookie parsing
+                environ["HTTP_COOKIE"] = "; ".join(cookie.strip() for cookie in cookies)
+            started = time.perf_counter()
+            handler = _ServerHandler(self, body, environ)
+            app = self.tracked_server.get_app()
+            assert app is not None, "set_app() runs in the server's constructor"
+            handler.run(app)
+            if not handler.completed:   # an error or a gone client cut the response short
+                self.close_connection = True
+            if not self.close_connection and not body.drain(_DRAIN_LIMIT):
+                self.close_connection = True
+            self._linger = self.close_connection and not body.finished
+            _server_log.info("%s %s %s %.1fms", self.log_target, handler.status_code,
+                             handler.body_bytes, (time.perf_counter() - started) * 1000)
+
+        def handle_expect_100(self) -> bool:
+            answered = super().handle_expect_100()
+            self.wfile.flush()   # the client waits for "100 Continue" before sending the body
+            return answered
+
+        def finish(self) -> None:
+            try:
+                super().finish()   # flushes what is still buffered
+            except OSError:
+                pass   # the client is gone; nothing more to tell it
+            if self._linger:
+                _linger_close(self.connection)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            _server_log.info("%s %s", self.client_address[0], _loggable(format % args))
+
+        def log_error(self, format: str, *args: Any) -> None:
+            _server_log.debug("%s %s", self.client_address[0], _loggable(format % args))
+
+
+    class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+        """wsgiref's server with a thread per connection and a record of open connections."""
+
+        daemon_threads = True       # a stuck connection never keeps the process alive
+        allow_reuse_address = True  # restart on the same port at once despite TIME_WAIT
+        request_queue_size = 128    # a burst of connections waits instead of being refused
+
+        def __init__(self, host: str, port: int, app: Callable[..., Any]) -> None:
+            self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._connections = threading.Condition()
+            self._idle: set[socket.socket] = set()
+            self._busy = 0
+            self.closing = False
+            super().__init__((host, port), _RequestHandler)
+            self.set_app(app)
+
+        def server_bind(self) -> None:
+            # HTTPServer.server_bind() calls socket.getfqdn(), a DNS lookup that can stall
+            # start-up; the bound address is all SERVER_NAME needs.
+            socketserver.TCPServer.server_bind(self)
+            host, port = self.server_address[:2]
+            self.server_name, self.server_port = str(host), int(port)
+            self.setup_environ()
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            _server_log.exception("unexpected error on the connection from %s", client_address[0])
+
+        def enter_idle(self, sock: socket.socket) -> bool:
+            """Mark a connection as waiting for a request; False when the server is closing."""
+            with self._connections:
+                if self.closing:
+                    return False
+                self._idle.add(sock)
+                return True
+
+        @contextlib.contextmanager
+        def busy(self, sock: socket.socket) -> Iterator[None]:
+            with self._connections:
+                self._idle.discard(sock)
+                self._busy += 1
+            try:
+                yield
+            finally:
+                with self._connections:
+                    self._busy -= 1
+                    self._connections.notify_all()
+
+        def forget(self, sock: socket.socket) -> None:
+            with self._connections:
+                self._idle.discard(sock)
+
+        def close_connections(self, grace: float) -> None:
+            """Refuse new requests, hang up idle connections, let busy ones finish (bounded)."""
+            with self._connections:
+                self.closing = True
+                idle, self._idle = self._idle, set()
+            for sock in idle:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)   # wakes the thread waiting for a request
+            with self._connections:
+                self._connections.wait_for(lambda: self._busy == 0, timeout=grace)
+
+    _ThreadingWSGIServer.handler_class = _RequestHandler  # type: ignore[attr-defined]
+    _wsgiref_server_class = _ThreadingWSGIServer
+    return _ThreadingWSGIServer
+
+
+# -- servers: what make_server() returns
+
+class _ServerAdapter:
+    """A bound server: `.host`, `.port`, `.url`, `.serve_forever()`, `.shutdown()`."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import threading
+        self.host = host
+        self.port = port
+        self._lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._running = self._stopped = self._closed = False
+        self._done = threading.Event()
+        self._serving_thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        """Serve requests until shutdown() is called, from any thread."""
+        import threading
+        with self._lock:
+            if self._running:
+                raise RuntimeError("serve_forever() is already running")
+            if self._stopped:
+                return
+            self._running = True
+            self._serving_thread = threading.current_thread()
+        try:
+            self._run_loop()
+        finally:
+            if self._stopped:
+                self._close_once()   # shutdown() may have been called from this thread
+            self._done.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever(), close the socket and the connections; safe to call twice."""
+        import threading
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            running = self._running
+        if running and not self._done.is_set():
+            self._stop_loop()
+            if threading.current_thread() is self._serving_thread:
+                return   # a signal handler in the serving thread: serve_forever() finishes
+            self._done.wait(_STOP_TIMEOUT)
+        self._close_once()
+
+    def _close_once(self) -> None:
+        with self._close_lock:   # a second caller waits until the first has closed
+            if not self._closed:
+                self._closed = True
+                self._close()
+
+    def _run_loop(self) -> None:
+        raise NotImplementedError
+
+    def _stop_loop(self) -> None:
+        """Ask the loop to return, without waiting (may be called from the loop's thread)."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+class _WsgirefServer(_ServerAdapter):
+    def __init__(self, app: Callable[..., Any], host: str, port: int) -> None:
+        self._httpd = _threading_wsgi_server()(host, port, app)
+        super().__init__(host, self._httpd.server_port)
+
+    def _run_loop(self) -> None:
+        self._httpd.serve_forever(poll_interval=0.2)
+
+    def _stop_loop(self) -> None:
+        # socketserver's shutdown() waits for the loop, so it must not run in the loop's thread.
+        import threading
+        threading.Thread(target=self._httpd.shutdown, daemon=True).start()
+
+    def _close(self) -> None:
+        self._httpd.server_close()
+        self._httpd.close_connections(_GRACE_SECONDS)
+
+
+def _import_waitress() -> tuple[Any, Any, Any]:
+    try:
+        from waitress import wasyncore
+        from waitress.server import create_server
+        from waitress.trigger import trigger
+    except ImportError as exc:
+        raise _ServerNotInstalled(_WAITRESS_MISSING, name="waitress") from exc
+    return create_server, wasyncore.close_all, trigger
+
+
+class _WaitressServer(_ServerAdapter):
+    def __init__(self, app: Callable[..., Any], host: str, port: int, threads: int) -> None:
+        import threading
+        create_server, self._close_all, make_trigger = _import_waitress()
+        self._map: dict[Any, Any] = {}   # our own socket map, so we can close all of it
+        self._waitress = create_server(app, map=self._map, host=host, port=port, threads=threads)
+        self._wake = make_trigger(self._map)   # runs a function in the loop's thread
+        self._sockets_lock = threading.Lock()
+        self._sockets_closed = False
+        listen = getattr(self._waitress, "effective_listen", None)   # several addresses
+        real_port = listen[0][1] if listen else self._waitress.effective_port
+        super().__init__(host, int(real_port))
+
+    def _run_loop(self) -> None:
+        self._waitress.run()   # returns once the socket map is empty
+
+    def _stop_loop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake.pull_trigger(self._close_sockets)
+
+    def _close_sockets(self) -> None:
+        with self._sockets_lock:
+            if self._sockets_closed:
+                return
+            self._sockets_closed = True
+        self._close_all(self._map, ignore_all=True)
+
+    def _close(self) -> None:
+        self._close_sockets()
+        self._waitress.task_dispatcher.shutdown(timeout=_GRACE_SECONDS)
+
+
+def make_server(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
+                server: str = "wsgiref", threads: int = 8) -> _ServerAdapter:
+    """Bind `host:port` (port 0 picks a free one) and return a server for `app`.
+
+    The result has `.host`, `.port` (the real one), `.url`, `.serve_forever()` and
+    `.shutdown()` (from any thread, idempotent). `"wsgiref"` runs a thread per connection
+    (`threads` is unused); `"waitress"` runs `threads` workers and must be installed.
+    """
+    if server == "wsgiref":
+        return _WsgirefServer(app, host, port)
+    if server == "waitress":
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        return _WaitressServer(app, host, port, threads)
+    choices = ", ".join(repr(choice) for choice in _SERVER_CHOICES)
+    raise ValueError(f"unknown server {server!r}: choose one of {choices}")
+
+
+def _check_server_installed(server: str) -> None:
+    if server not in _SERVER_CHOICES:
+        choices = ", ".join(repr(choice) for choice in _SERVER_CHOICES)
+        raise ValueError(f"unknown server {server!r}: choose one of {choices}")
+    if server == "waitress":
+        _import_waitress()
+
+
+# -- servers: serve(): signals, and the reloader
+
+class _StopFlag:
+    """A signal handler that only records the signal; the waiting loop polls it.
+
+    Setting a threading.Event from a handler could deadlock on the Event's own lock.
+    """
+
+    stop = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.stop = True
+
+
+@contextlib.contextmanager
+def _stop_on_signals(flag: _StopFlag) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to `flag` (main thread only), restoring the old handlers."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield   # signal handlers can only be set from the main thread
+        return
+    previous: dict[signal.Signals, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+            continue   # started with Ctrl-C ignored (nohup, a background job): keep it so
+        previous[signum] = signal.signal(signum, flag)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _ensure_console_logging() -> None:
+    """Show request and reloader lines on stderr unless the program configured logging."""
+    import logging
+    if logging.getLogger().handlers:
+        return
+    for logger in (_server_log, _reload_log):
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+            logger.addHandler(handler)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+
+
+def _serve_until_stopped(httpd: _ServerAdapter, *, watch_parent: bool) -> None:
+    """Serve in a thread until SIGINT/SIGTERM (or the reloader's exit), then shut down."""
+    import threading
+    import time
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            httpd.serve_forever()
+        except BaseException as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=run, name="microhandler-serve", daemon=True)
+    flag = _StopFlag()
+    parent = os.getppid() if watch_parent else None
+    with _stop_on_signals(flag):
+        worker.start()
+        try:
+            while worker.is_alive() and not flag.stop:
+                if parent is not None and os.getppid() != parent:
+                    break   # the reloader died: do not live on as an orphan holding the port
+                time.sleep(_SIGNAL_POLL)
+        except KeyboardInterrupt:
+            pass   # SIGINT still raises when our handler could not be installed
+        finally:
+            httpd.shutdown()
+            worker.join(_STOP_TIMEOUT)
+    if failures:
+        raise failures[0]
+
+
+_RELOADER_ENV = "MICROHANDLER_RELOADER_CHILD"   # internal plumbing, not configuration
+_RELOAD_POLL = 0.5
+_CHILD_STOP_TIMEOUT = 10.0
+_MAX_WATCHED_FILES = 5000
+_MAX_SCANNED_ENTRIES = 50_000
+_SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages"})
+
+
+def _is_reloader_child() -> bool:
+    return os.environ.get(_RELOADER_ENV) == "1"
+
+
+def _source_snapshot(root: str) -> dict[str, tuple[int, int]]:
+    """Modification time and size of the .py files under `root`, in a bounded walk."""
+    found: dict[str, tuple[int, int]] = {}
+    pending, scanned = [root], 0
+    while pending and len(found) < _MAX_WATCHED_FILES and scanned < _MAX_SCANNED_ENTRIES:
+        try:
+            with os.scandir(pending.pop()) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            continue
+        scanned += len(entries)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue   # .git, .venv, editor lock files such as .#app.py
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if (entry.name not in _SKIPPED_DIRS
+                            and not os.path.exists(os.path.join(entry.path, "pyvenv.cfg"))):
+                        pending.append(entry.path)
+                elif entry.name.endswith(".py"):
+                    stat = entry.stat()
+                    found[entry.path] = (stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                continue   # removed while we looked
+    return found
+
+
+def _changed_file(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> str:
+    for path in sorted(before.keys() | after.keys()):
+        if before.get(path) != after.get(path):
+            return os.path.relpath(path)
+    return "a file"
+
+
+class _Reloader:
+    """Supervisor: runs the server as a child process, restarts it when sources change."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self.root = os.getcwd()
+        self.env = {**os.environ, _RELOADER_ENV: "1"}
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def run(self) -> int:
+        """Watch until SIGINT/SIGTERM; the exit status for the process."""
+        flag = _StopFlag()
+        with _stop_on_signals(flag):
+            try:
+                return self._watch(flag)
+            except KeyboardInterrupt:
+                return 0
+            finally:
+                self._stop_child()
+
+    def _watch(self, flag: _StopFlag) -> int:
+        import subprocess
+        import time
+        snapshot = _source_snapshot(self.root)
+        _reload_log.info("Watching %d Python files under %s for changes", len(snapshot), self.root)
+        self.child = subprocess.Popen(self.command, env=self.env)
+        restarted = reported = False
+        while not flag.stop:
+            time.sleep(_RELOAD_POLL)
+            if flag.stop:
+                break   # Ctrl-C reaches the child too: its exit is no news then
+            status = self.child.poll()
+            if status is not None and not reported:
+                if not restarted and status != 0:
+                    return status if status > 0 else 1   # it never started: as without --reload
+                _reload_log.warning("The server exited with status %s; waiting for a change",
+                                    status)
+                reported = True
+            current = _source_snapshot(self.root)
+            if current != snapshot:
+                _reload_log.info("%s changed, restarting", _changed_file(snapshot, current))
+                snapshot, restarted, reported = current, True, False
+                self._stop_child()
+                self.child = subprocess.Popen(self.command, env=self.env)
+        return 0
+
+    def _stop_child(self) -> None:
+        import subprocess
+        child, self.child = self.child, None
+        if child is None or child.poll() is not None:
+            return
+        child.terminate()   # the child's serve() treats SIGTERM as Ctrl-C: a clean shutdown
+        try:
+            child.wait(_CHILD_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _this_process_command() -> list[str]:
+    """The command line that started this process (interpreter options included)."""
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
+def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
+          server: str = "wsgiref", threads: int = 8, reload: bool = False) -> None:
+    """Serve `app` until Ctrl-C or SIGTERM, then shut down cleanly and return.
+
+    `reload=True` makes this process a supervisor that runs the same command line in a
+    child process and restarts it whenever a .py file under the current directory changes.
+    """
+    _ensure_console_logging()
+    if reload and not _is_reloader_child():
+        _check_server_installed(server)   # fail here, not in every restarted child
+        status = _Reloader(_this_process_command()).run()
+        if status:
+            raise SystemExit(status)
+        return
+    httpd = make_server(app, host, port, server=server, threads=threads)
+    print(f"Serving on {httpd.url} ({server}, Ctrl-C to stop)", flush=True)
+    _serve_until_stopped(httpd, watch_parent=reload)
+
+
+# -- servers: the command line
+
+_APP_TARGET = re.compile(r"(?P<module>[^\W\d][\w.]*)(?::(?P<attr>[^\W\d][\w.]*)(?P<call>\(\))?)?")
+
+
+class _AppLoadError(Exception):
+    """The module:app target cannot be loaded; the message says why in one line."""
+
+
+def _import_target_module(name: str) -> Any:
+    import importlib
+    import traceback
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)   # python -m does this; a console script does not
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:   # the module, or something it imports, is missing
+        raise _AppLoadError(f"cannot import module {name!r}: {exc}") from None
+    except Exception:
+        traceback.print_exc()   # an error in the user's code: the traceback is the help
+        raise _AppLoadError(f"importing module {name!r} failed (traceback above)") from None
+
+
+def _load_app(target: str) -> Callable[..., Any]:
+    """Import `module:attribute`, or call `module:factory()`, and return the WSGI app."""
+    import traceback
+    match = _APP_TARGET.fullmatch(target)
+    if match is None:
+        raise _AppLoadError(f"{target!r} is not an app: write module:attribute or module:factory()")
+    module_name, attribute = match["module"], match["attr"] or "app"
+    app = _import_target_module(module_name)
+    for part in attribute.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise _AppLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if match["call"]:
+        if not callable(app):
+            raise _AppLoadError(f"{module_name}:{attribute} is not callable, so not a factory")
+        try:
+            app = app()
+        except Exception:
+            traceback.print_exc()
+            raise _AppLoadError(f"{target} raised an error (traceback above)") from None
+    if not callable(app):
+        raise _AppLoadError(f"{target} is a {type(app).__name__}, not a WSGI application")
+    return app
+
+
+def _module_invocation() -> list[str]:
+    """How to run this file again: `-m package.name`, or its path when run as a script."""
+    spec = globals().get("__spec__")
+    return ["-m", spec.name] if spec is not None else [os.path.abspath(__file__)]
+
+
+def _port_number(text: str) -> int:
+    import argparse
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _thread_count(text: str) -> int:
+    import argparse
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count (1 or more)")
+    return int(text)
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    import argparse
+    invocation = _module_invocation()
+    parser = argparse.ArgumentParser(
+        prog="python " + " ".join(invocation),
+        description="Serve a WSGI application until Ctrl-C or SIGTERM.")
+    parser.add_argument("app", help="module:attribute or module:factory() (attribute defaults "
+                                    "to 'app'); the current directory is importable")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port_number, default=8000,
+                        help="port to bind, 0 for any free port (default 8000)")
+    parser.add_argument("--server", choices=_SERVER_CHOICES, default="wsgiref",
+                        help="wsgiref: threaded standard library server (default); "
+                             "waitress: needs pip install waitress")
+    parser.add_argument("--threads", type=_thread_count, default=8,
+                        help="worker threads for waitress (default 8)")
+    parser.add_argument("--reload", action="store_true",
+                        help="restart when a .py file under the current directory changes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m microhandler module:app [options]`; the process exit status."""
+    args = _argument_parser().parse_args(argv)
+    _ensure_console_logging()
+    try:
+        if args.reload and not _is_reloader_child():
+            _check_server_installed(args.server)
+            command = (_this_process_command() if argv is None
+                       else [sys.executable, *_module_invocation(), *argv])
+            return _Reloader(command).run()
+        app = _load_app(args.app)
+        serve(app, args.host, args.port, server=args.server, threads=args.threads,
+              reload=args.reload)
+    except (_AppLoadError, _ServerNotInstalled) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # the address is in use, not ours, or does not resolve
+        print(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from microhandler import App, Http404, serve  # noqa: E402
+from microhandler import App, Http404, serve
 
 app = App(debug=True)
 ITEMS = {1: {"id": 1, "name": "teapot"}, 2: {"id": 2, "name": "kettle"}}

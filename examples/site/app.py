@@ -1,0 +1,109 @@
+"""A small site: a templated page, static files, a download and a form that remembers you.
+
+Run it with nothing installed but Python:  python examples/site/app.py [port]
+
+- ``/`` renders ``templates/index.html`` (a loop and an if) inside ``templates/base.html``;
+- ``/static/...`` serves ``static/`` with ETag, Last-Modified, 304 and Range;
+- ``/download/<name>`` sends a file of ``files/`` as an attachment;
+- ``POST /hello`` stores your name in a signed cookie and redirects (POST/redirect/GET);
+  ``POST /forget`` deletes it.
+"""
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+
+from microhandler import (  # noqa: E402
+    App,
+    FileResponse,
+    Http404,
+    TemplateResponse,
+    redirect,
+    serve,
+    static,
+)
+
+TEMPLATES = os.path.join(HERE, "templates")
+STATIC = os.path.join(HERE, "static")
+FILES = os.path.join(HERE, "files")
+NAME_COOKIE = "name"
+# A real site reads its secret from its own configuration; this one is a demo.
+SECRET_KEY = os.environ.get("SITE_SECRET_KEY", "change-me: a long random string")
+REMEMBER_FOR = 30 * 24 * 3600  # seconds
+
+
+class Site(App):
+    """An App whose pages are drawn inside ``base.html``.
+
+    The built-in template engine has no ``{% extends %}``: each page template is rendered
+    first, then ``base.html`` gets it as ``content`` (and the same context, for the title).
+    """
+
+    def render_template(self, template_name, context, request=None):
+        page = super().render_template(template_name, context, request)
+        if template_name == "base.html":
+            return page
+        return super().render_template("base.html", {**context, "content": page}, request)
+
+
+app = Site(
+    [static("/static", STATIC, name="static")],
+    template_dirs=[TEMPLATES],
+    secret_key=SECRET_KEY,
+    debug=True,
+)
+
+FEATURES = [
+    {"name": "Templates", "text": "{{ }} escapes, {% if %} and {% for %}."},
+    {"name": "Static files", "text": "ETag, Last-Modified, 304 and Range requests."},
+    {"name": "Downloads", "text": "FileResponse with Content-Disposition: attachment."},
+    {"name": "Signed cookies", "text": "HMAC-SHA256 over the cookie's name, value and time."},
+]
+
+
+def downloads():
+    """The files offered for download: only what is in files/, by base name."""
+    return sorted(name for name in os.listdir(FILES)
+                  if os.path.isfile(os.path.join(FILES, name)) and not name.startswith("."))
+
+
+@app.route("/", name="index")
+def index(request):
+    name = request.get_signed_cookie(NAME_COOKIE, default=None, max_age=REMEMBER_FOR)
+    return TemplateResponse("index.html", {
+        "title": f"Hello, {name}" if name else "microhandler site",
+        "name": name,
+        "features": FEATURES,
+        "downloads": downloads(),
+    })
+
+
+@app.route("/download/<name>", methods=["GET"], name="download")
+def download(request, name):
+    if name not in downloads():  # never a path built from what the client sent
+        raise Http404(f"No download named {name!r}")
+    return FileResponse(os.path.join(FILES, name), as_attachment=True)
+
+
+@app.route("/hello", methods=["POST"], name="hello")
+def hello(request):
+    name = " ".join(request.POST.get("name", "").split())[:40]
+    response = redirect("index")  # POST/redirect/GET: a reload does not post again
+    if name:
+        response.set_signed_cookie(NAME_COOKIE, name, max_age=REMEMBER_FOR, httponly=True,
+                                   samesite="Lax")
+    return response
+
+
+@app.route("/forget", methods=["POST"], name="forget")
+def forget(request):
+    response = redirect("index")
+    response.delete_cookie(NAME_COOKIE)
+    return response
+
+
+if __name__ == "__main__":
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8000
+    serve(app, port=port)
