@@ -299,7 +299,8 @@ class Headers(_HeaderMapping):
         return f"<Headers {dict(self.items())!r}>"
 
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 token: what a header name (and a header parameter's name) may be.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Control characters but tab: CR, LF and NUL would split the response; the others are
 # refused by servers (and wsgiref.validate) anyway.
 _HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -308,7 +309,7 @@ _HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 def check_header(name: str, value: str) -> tuple[str, str]:
     """Refuse a header that could split the response (CR, LF, NUL), a name that is not an
     RFC 9110 token, and a value PEP 3333 cannot send (not latin-1)."""
-    if _HEADER_NAME.fullmatch(name) is None:
+    if _TOKEN_RE.fullmatch(name) is None:
         raise BadHeaderError(f"Header name {name!r} is not a token (letters, digits, -)")
     if _HEADER_VALUE_CONTROL.search(value) is not None:
         raise BadHeaderError(f"Header {name!r} holds CR, LF, NUL or another control "
@@ -361,7 +362,6 @@ got_request_exception = Signal("got_request_exception")
 
 # -- parsers: header parameters
 
-_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _QUOTE_OR_BACKSLASH_RE = re.compile(r'["\\]')
 
 
