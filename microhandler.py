@@ -34,14 +34,16 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "BadHeaderError", "BadRequest", "Client", "DisallowedRedirect", "FileResponse",
-    "Headers", "Http404", "HttpError", "HttpResponse", "HttpResponseRedirect",
+    "App", "BadHeaderError", "BadRequest", "Client", "ClientResponse", "DisallowedRedirect",
+    "FileResponse", "Headers", "Http404", "HttpError", "HttpResponse", "HttpResponseRedirect",
     "ImproperlyConfigured", "JsonResponse", "LimitedStream", "MethodNotAllowed",
     "MiddlewareNotUsed", "MultiDict", "NoReverseMatch", "PermissionDenied", "QueryDict",
-    "Request", "RequestDataTooBig", "ResolverMatch", "Signal", "StreamingHttpResponse",
-    "TemplateError", "TemplateResponse", "UploadedFile", "View", "got_request_exception",
-    "include", "is_safe_url", "make_server", "redirect", "request_finished",
-    "request_started", "route", "serve", "static",
+    "Request", "RequestDataTooBig", "Resolver", "ResolverMatch", "Route", "SafeString",
+    "Signal", "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader",
+    "TemplateResponse", "UploadedFile", "View", "check_header",
+    "convert_exception_to_response", "escape", "got_request_exception", "include",
+    "is_safe_url", "main", "make_server", "mark_safe", "parse_query_string", "redirect",
+    "request_finished", "request_started", "route", "serve", "static",
 ]
 
 
@@ -453,9 +455,12 @@ def _parse_cookie(header: str) -> dict[str, str]:
         # A repeated name keeps its first value: browsers send the cookie with the longest
         # Path first (RFC 6265, 5.4), the one set for this URL. Werkzeug's cookies[name]
         # agrees; Django keeps the last.
-        if not sep or not name or name in cookies or _COOKIE_BAD_NAME_RE.search(name):
+        if not sep or not name or name in cookies or (
+                not name.isprintable() and _COOKIE_BAD_NAME_RE.search(name)):
             continue
-        cookies[name] = _unquote_cookie(value.strip(_COOKIE_SPACE))
+        value = value.strip(_COOKIE_SPACE)
+        # PERF: only a quoted value needs unquoting.
+        cookies[name] = _unquote_cookie(value) if value[:1] == '"' else value
     return cookies
 
 
@@ -890,7 +895,10 @@ class LimitedStream:
             return b""
         try:
             data = self._stream.read(wanted)
-        except (OSError, ValueError) as exc:
+        except HttpError:
+            raise
+        except Exception as exc:
+            # OSError from a socket, but gunicorn's bad-chunk errors are plain Exceptions.
             raise BadRequest("The request body could not be read (client gone?)") from exc
         if self._remaining is not None and len(data) == 0:
             raise BadRequest("The request body is shorter than its Content-Length")
@@ -902,7 +910,9 @@ class LimitedStream:
             return b""
         try:
             data = self._stream.readline(wanted)
-        except (OSError, ValueError) as exc:
+        except HttpError:
+            raise
+        except Exception as exc:
             raise BadRequest("The request body could not be read (client gone?)") from exc
         return self._account(data)
 
