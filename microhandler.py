@@ -3293,10 +3293,11 @@ class App:
 
     # -- configuration
     def route(self, pattern: str, methods: Iterable[str] | None = None,
-              name: str | None = None, **route_kwargs: Any) -> Callable[[Any], Any]:
+              name: str | None = None,
+              kwargs: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
         """Decorator: `@app.route("/items/<int:id>", methods=["GET"], name="item")`."""
         def register(view: Any) -> Any:
-            self.add_route(pattern, view, methods, name, route_kwargs or None)
+            self.add_route(pattern, view, methods, name, kwargs)
             return view
         return register
 
