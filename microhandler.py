@@ -923,6 +923,8 @@ class LimitedStream:
         return self._remaining is not None and self._remaining <= 0
 
 
+# What quote() leaves alone in a path: RFC 3986 pchar and "/".
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _HOST_SYNTAX = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(:[0-9]{1,5})?")
 _MISSING: Any = object()
 
@@ -1036,13 +1038,11 @@ class Request:
 
     def build_absolute_uri(self, location: str | None = None) -> str:
         """An absolute URL for `location` (default: this request's path and query)."""
-        base = f"{self.scheme}://{self.host}"
-        if location is None:
-            location = quote(self.path, safe="/:@!$&'()*+,;=-._~")
-            if self.query_string:
-                location += "?" + self.query_string
         from urllib.parse import urljoin
-        return urljoin(base + quote(self.path, safe="/:@!$&'()*+,;=-._~"), location)
+        current = quote(self.path, safe=_PATH_SAFE)
+        if location is None:
+            location = current + (f"?{self.query_string}" if self.query_string else "")
+        return urljoin(f"{self.scheme}://{self.host}{current}", location)
 
     # -- headers
     @_lazy
@@ -3474,10 +3474,9 @@ class App:
         path = request.path_info
         # "//evil.example" + "/" would be a protocol-relative, off-site Location.
         if (not self.append_slash or path.endswith("/") or path.startswith("//")
-                or not self.resolver.candidates(path + "/")
                 or not any(r.match(path + "/") for r in self.resolver.candidates(path + "/"))):
             raise Http404()
-        location = quote(request.script_name + path + "/", safe="/:@!$&'()*+,;=-._~")
+        location = quote(request.script_name + path + "/", safe=_PATH_SAFE)
         if request.query_string:
             location += "?" + request.query_string
         status = 301 if request.method in ("GET", "HEAD") else 308
@@ -3503,10 +3502,11 @@ class App:
         if isinstance(value, (dict, list)):
             return JsonResponse(value)
         if isinstance(value, tuple) and len(value) in (2, 3):
-            response = self.make_response(value[0], view)
-            response.status_code = int(value[1])
-            for name, header in (value[2].items() if len(value) == 3 and isinstance(
-                    value[2], Mapping) else value[2] if len(value) == 3 else ()):
+            body, status, *rest = value
+            response = self.make_response(body, view)
+            response.status_code = int(status)
+            headers = rest[0] if rest else ()
+            for name, header in headers.items() if isinstance(headers, Mapping) else headers:
                 response[name] = header
             return response
         if value is None:
