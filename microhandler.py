@@ -1118,9 +1118,11 @@ class Request:
             raise BadRequest("Expected a JSON body (Content-Type: application/json)")
         import json
         body = self.body
-        charset = self.content_params.get("charset")
+        # RFC 8259: UTF-8, or UTF-16/32 told by the first bytes. Decoded strictly here:
+        # json.loads(bytes) would let lone surrogates through, to fail later as a 500.
+        charset = self.content_params.get("charset") or json.detect_encoding(body)
         try:
-            text: str | bytes = body.decode(charset) if charset else body
+            text = body.decode(charset)
         except (ValueError, LookupError):
             raise BadRequest("The JSON body does not decode with its charset") from None
         try:
@@ -3034,7 +3036,9 @@ class Resolver:
         for item in routes:
             path = item.build(args, kwargs)
             if path is not None:
-                return path
+                # "//host" would be read as another site by a browser (a path converter
+                # value starting with "/"): keep it a path.
+                return "/%2F" + path[2:] if path.startswith("//") else path
         patterns = ", ".join(repr(r.pattern) for r in routes)
         raise NoReverseMatch(f"Route {name!r} ({patterns}) does not fit args={tuple(args)!r} "
                              f"kwargs={dict(kwargs)!r}")
@@ -3247,6 +3251,14 @@ class _LazyLogger:
 
 
 _log = _LazyLogger("microhandler")
+
+
+_LOG_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _loggable(text: str) -> str:
+    """`text` with control characters escaped: a log line cannot be forged or recoloured."""
+    return text.translate(_LOG_ESCAPES)
 
 
 def _name_of(thing: Any) -> str:
@@ -3522,8 +3534,8 @@ class App:
             return self.error_response(request, exc, exc.status)
         if got_request_exception.receivers:
             got_request_exception.send(sender=type(self), request=request, exc=exc)
-        _log.error("Internal Server Error: %s", request.environ.get("PATH_INFO", ""),
-                        exc_info=exc)
+        _log.error("Internal Server Error: %s",
+                   _loggable(request.environ.get("PATH_INFO", "")), exc_info=exc)
         response = self.error_response(request, exc, 500)
         response._logged = True  # type: ignore[attr-defined]
         return response
@@ -3558,8 +3570,8 @@ class App:
     def log_response(self, request: Request, response: HttpResponse) -> None:
         logger = _log
         log = logger.error if response.status_code >= 500 else logger.warning
-        log("%s %s: %s %s", response.status_code, response.reason_phrase, request.method,
-            request.environ.get("PATH_INFO", ""))
+        log("%s %s: %s %s", response.status_code, response.reason_phrase,
+            _loggable(request.method), _loggable(request.environ.get("PATH_INFO", "")))
 
     # -- templates
     def render_template(self, template_name: str, context: Mapping[str, Any],
@@ -3959,7 +3971,13 @@ _DRAIN_LIMIT = 64 * 1024   # unread body bytes swallowed to keep a connection al
 _LINGER_SECONDS = 2.0      # reading time granted to a client still sending when we hang up
 _CHUNK_LINE_LIMIT = 4096
 _TRAILER_LINE_LIMIT = 32
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_CHUNK_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# The size, then extensions `;name[=token|"quoted"]`, checked too (they are ignored, but a
+# CR or NUL in them is read differently by a proxy).
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _CHUNK_TOKEN
+                         + rb"(?:[ \t]*=[ \t]*(?:" + _CHUNK_TOKEN
+                         + rb'|"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"))?)*'
+                         + rb"[ \t]*")
 _LENGTH_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
@@ -4124,10 +4142,11 @@ class _ChunkedBody(_RequestBody):
         return bytes(line[:-2])
 
     def _read_chunk_size(self) -> int:
-        text = self._read_line().split(b";", 1)[0].rstrip(b" \t")
-        if not _CHUNK_SIZE.fullmatch(text):
-            raise _BadChunk(f"bad chunk size {text[:20]!r}")
-        return int(text, 16)
+        line = self._read_line()
+        found = _CHUNK_SIZE.fullmatch(line)
+        if found is None:
+            raise _BadChunk(f"bad chunk size line {line[:20]!r}")
+        return int(found.group(1), 16)
 
     def _skip_trailers(self) -> None:
         for _ in range(_TRAILER_LINE_LIMIT):
@@ -4138,12 +4157,27 @@ class _ChunkedBody(_RequestBody):
 
 # -- servers: the threaded wsgiref server
 
-_LOG_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+# A header line is `token ":" value CRLF`. A bare CR or LF, NUL or another control character,
+# a space before the colon or a folded line is read differently by different parsers, which
+# is how a request is smuggled past a proxy: all are refused.
+_HEADER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n")
 
 
-def _loggable(text: str) -> str:
-    """`text` with control characters escaped: a log line cannot be forged or recoloured."""
-    return text.translate(_LOG_ESCAPES)
+class _BadHeaderLine(ValueError):
+    """A request header line that is not `token ":" value CRLF`."""
+
+
+class _StrictHeaderLines:
+    """The connection's reader as http.client.parse_headers() sees it, checking each line."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self._rfile.readline(limit)
+        if line in (b"\r\n", b"") or _HEADER_LINE.fullmatch(line):
+            return line
+        raise _BadHeaderLine(line[:40])
 
 
 def _declared_length(value: str | None) -> int | None:
@@ -4328,7 +4362,7 @@ def _threading_wsgi_server() -> Any:
                 self.requestline = self.request_version = self.command = ""
                 self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
                 return
-            if not self.parse_request():   # it answered the error (or the line was blank)
+            if not self._parse_request_strictly():   # it answered the error
                 self.close_connection = True
                 return
             if self.request_version != "HTTP/1.1":
@@ -4339,6 +4373,19 @@ def _threading_wsgi_server() -> Any:
                 self._linger = True   # the body, whatever its size, was not read
                 return
             self._run_app(body)
+
+        def _parse_request_strictly(self) -> bool:
+            """parse_request(), with every header line checked as it is read."""
+            rfile = self.rfile
+            self.rfile = _StrictHeaderLines(rfile)  # type: ignore[assignment]
+            try:
+                return bool(self.parse_request())
+            except _BadHeaderLine:
+                self.rfile = rfile
+                self.send_error(HTTPStatus.BAD_REQUEST, "Malformed header line")
+                return False
+            finally:
+                self.rfile = rfile
 
         def _request_body(self) -> _RequestBody | None:
             """The body reader the framing headers ask for; None after answering bad framing."""
@@ -4351,7 +4398,9 @@ def _threading_wsgi_server() -> Any:
                 if lengths or self.request_version != "HTTP/1.1":
                     self.send_error(HTTPStatus.BAD_REQUEST, "Ambiguous request body framing")
                     return None
-                if [coding.strip().lower() for coding in codings] != ["chunked"]:
+                # Only spaces and tabs around a coding: str.strip() would also take \x0b.
+                listed = [c.strip(" \t").lower() for c in ",".join(codings).split(",")]
+                if listed != ["chunked"]:
                     self.send_error(HTTPStatus.NOT_IMPLEMENTED, "Only chunked transfer coding")
                     return None
                 return _ChunkedBody(self.rfile)

@@ -39,12 +39,13 @@ import uuid
 import wsgiref.handlers
 import wsgiref.util
 import wsgiref.validate
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from wsgiref.validate import validator
 
 import pytest
@@ -6170,3 +6171,1127 @@ def test_examples_pass_ruff(path: str) -> None:
     result = subprocess.run([sys.executable, "-m", "ruff", "check", path], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ============================================================================
+# published advisories against peer frameworks, replayed
+# ============================================================================
+
+HOST = "127.0.0.1"
+
+
+# ---------------------------------------------------------------- helpers
+
+def wsgi_call(app: Callable[..., Any], path_info: str, method: str = "GET", *,
+              query: str = "", headers: dict[str, str] | None = None, body: bytes = b"",
+              content_length: bool = True, script_name: str = "",
+              extra: dict[str, Any] | None = None) -> tuple[int, dict[str, str], list[bytes]]:
+    """Call `app` under wsgiref.validate with PATH_INFO exactly as given (no URL parsing,
+    so `//evil.example` stays a path); returns (status, headers, body chunks)."""
+    environ: dict[str, Any] = {}
+    wsgiref.util.setup_testing_defaults(environ)
+    environ.update({
+        "REQUEST_METHOD": method, "PATH_INFO": path_info, "SCRIPT_NAME": script_name,
+        "QUERY_STRING": query, "HTTP_HOST": "testserver", "wsgi.input": io.BytesIO(body),
+    })
+    environ.pop("wsgi.file_wrapper", None)
+    if content_length and (body or method in ("POST", "PUT", "PATCH")):
+        environ["CONTENT_LENGTH"] = str(len(body))
+    for name, value in (headers or {}).items():
+        key = name.upper().replace("-", "_")
+        environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key] = value
+    environ.update(extra or {})
+    captured: list[Any] = []
+
+    def start_response(status: str, response_headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], None]:
+        captured[:] = [status, response_headers]
+        return lambda data: None
+
+    result = validator(app)(environ, start_response)
+    try:
+        chunks = list(result)
+    finally:
+        result.close()
+    status, response_headers = captured
+    return int(status[:3]), {k.lower(): v for k, v in response_headers}, chunks
+
+
+def run_bounded(fn: Callable[[], Any], limit: float = 20.0) -> Any:
+    """Run fn in a daemon thread; a hang guard (generous bound), not a timing assertion."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 (re-raised below)
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(limit)
+    assert not worker.is_alive(), f"did not finish within {limit}s: hang / super-linear work"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def multipart(parts: Iterable[tuple[list[bytes], bytes]], boundary: bytes = b"BOUNDARY", *,
+              preamble: bytes = b"", epilogue: bytes = b"", close: bool = True) -> bytes:
+    """A raw multipart/form-data body: each part is (header lines, payload)."""
+    out = [preamble]
+    for header_lines, payload in parts:
+        out.append(b"--" + boundary + b"\r\n")
+        out.extend(line + b"\r\n" for line in header_lines)
+        out.append(b"\r\n" + payload + b"\r\n")
+    if close:
+        out.append(b"--" + boundary + b"--\r\n")
+    out.append(epilogue)
+    return b"".join(out)
+
+
+MP_TYPE = "multipart/form-data; boundary=BOUNDARY"
+
+
+def form_view(request: mh.Request) -> dict[str, Any]:
+    return {
+        "fields": [[k, v] for k, v in request.POST.multi_items()],
+        "files": [[k, f.filename, f.size] for k, f in request.FILES.multi_items()],
+    }
+
+
+def form_app(**kwargs: Any) -> App:
+    app = App(**kwargs)
+    app.add_route("/form", form_view, methods=["POST"])
+    return app
+
+
+# -- a real server, shared by the server-level tests
+
+server_app = App(max_body_size=64 * 1024)
+
+
+@server_app.route("/", methods=["GET", "POST"])
+def _echo(request: mh.Request) -> dict[str, Any]:
+    body = request.body
+    return {"len": len(body), "body": body[:200].decode("latin-1"),
+            "user": request.headers.get("X-User-Id")}
+
+
+@server_app.route("/noread", methods=["POST"])
+def _noread(request: mh.Request) -> str:
+    return "noread"
+
+
+@server_app.route("/secret")
+def _secret(request: mh.Request) -> str:
+    return "SECRET"
+
+
+@server_app.route("/form", methods=["POST"])
+def _server_form(request: mh.Request) -> dict[str, Any]:
+    return {"n": len(request.POST)}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterable[Any]:
+    httpd = mh.make_server(server_app, HOST, 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        thread.join(15)
+
+
+def exchange(port: int, raw: bytes, *, idle: float = 1.0, limit: float = 8.0) -> bytes:
+    """Send raw bytes, read until EOF, `idle` seconds of silence, or `limit` seconds."""
+    data = b""
+    with socket.create_connection((HOST, port), timeout=limit) as sock:
+        try:
+            sock.sendall(raw)
+        except OSError:
+            pass   # the server may answer (413, 400) and hang up before we finish
+        deadline = time.monotonic() + limit
+        sock.settimeout(idle)
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionError):
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def statuses(data: bytes) -> list[int]:
+    # Not anchored: a response body without a final newline runs into the next status line.
+    return [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)]
+
+
+def assert_rejected(data: bytes, allowed: tuple[int, ...] = (400,)) -> None:
+    """Exactly one response, a 4xx/501 from `allowed`; nothing smuggled after it."""
+    codes = statuses(data)
+    assert codes, f"no response at all (server waiting on a smuggled body?): {data[:200]!r}"
+    assert codes[0] in allowed, f"expected {allowed}, got {codes[0]}: {data[:300]!r}"
+    assert len(codes) == 1, f"a second, smuggled request was answered: {codes}"
+    assert b"SECRET" not in data and b'"len"' not in data
+
+
+# ================================================================ Werkzeug / Flask
+
+def test_werkzeug_cve_2023_46136_multipart_crlf_part_is_linear(monkeypatch: pytest.MonkeyPatch):
+    # CVE-2023-46136 / GHSA-hrfv-mqp8-q5rw: Werkzeug's multipart parser rescanned a part
+    # whose data starts with CR/LF followed by megabytes without CR/LF (quadratic CPU).
+    # Proof of linearity: count the bytes the parser's delimiter search examines.
+    big = 4 * 2**20
+    payloads = [b"\r\n" + b"\x00" * big, b"\r" * 2**20, b"\n" * 2**20,
+                b"\r\n-" * 200_000, b"\r\n--BOUNDAR" * 60_000]
+    body = multipart([([f'Content-Disposition: form-data; name="f{i}"; filename="f{i}.bin"'
+                        .encode()], p) for i, p in enumerate(payloads)])
+    scanned = [0]
+    parser = getattr(mh, "_MultipartParser", None)
+    if parser is not None and hasattr(parser, "_find"):
+        original = parser._find
+
+        def counting_find(self: Any, needle: bytes, start: int) -> int:
+            scanned[0] += len(self._buf) - start
+            return original(self, needle, start)
+
+        monkeypatch.setattr(parser, "_find", counting_find)
+    app = form_app(max_body_size=32 * 2**20)
+    status, _, chunks = run_bounded(lambda: wsgi_call(app, "/form", "POST", body=body,
+                                                      headers={"Content-Type": MP_TYPE}))
+    assert status == 200
+    sizes = [f[2] for f in json.loads(b"".join(chunks))["files"]]
+    assert sizes == [len(p) for p in payloads]
+    if scanned[0]:
+        assert scanned[0] <= 3 * len(body) + 2**20, (scanned[0], len(body))
+
+
+def test_werkzeug_cve_2023_25577_multipart_part_count_is_bounded():
+    # CVE-2023-25577 / GHSA-xg9f-g7g7-2323: Werkzeug parsed an unlimited number of
+    # multipart parts (fields and files), exhausting CPU/memory. max_form_fields counts
+    # every part, file parts included: 400 past it.
+    app = form_app(max_form_fields=50)
+    client = Client(app)
+    ok = multipart([([f'Content-Disposition: form-data; name="a{i}"'.encode()], b"x")
+                    for i in range(50)])
+    over_fields = multipart([([f'Content-Disposition: form-data; name="a{i}"'.encode()], b"x")
+                             for i in range(51)])
+    over_files = multipart([([f'Content-Disposition: form-data; name="f"; filename="{i}"'
+                              .encode()], b"x") for i in range(51)])
+    empty_parts = multipart([([b'Content-Disposition: form-data; name="e"; filename=""'], b"")
+                             for _ in range(51)])
+    assert client.post("/form", body=ok, content_type=MP_TYPE).status_code == 200
+    for body in (over_fields, over_files, empty_parts):
+        assert client.post("/form", body=body, content_type=MP_TYPE).status_code == 400
+
+
+def test_werkzeug_cve_2023_23934_nameless_cookie_cannot_pose_as_host_prefixed():
+    # CVE-2023-23934 / GHSA-px8h-6qxv-m22q: Werkzeug parsed the nameless cookie
+    # `=__Host-test=bad` (settable from a sibling subdomain) as `__Host-test=bad`.
+    # Also PortSwigger "cookie chaos": a Unicode-space prefix stripped server-side.
+    app = App()
+    app.add_route("/", lambda request: dict(request.COOKIES))
+    client = Client(app)
+    for header in ("=__Host-test=bad", "=__Host-test=bad; other=1", " =__Secure-s=bad",
+                   "\u00a0__Host-test=bad", "\u2000__Host-test=bad"):
+        cookies = client.get("/", headers={"Cookie": header}).json()
+        assert "__Host-test" not in cookies and "__Secure-s" not in cookies, (header, cookies)
+    good = client.get("/", headers={"Cookie": "__Host-test=good; =__Host-test=bad"}).json()
+    assert good.get("__Host-test") == "good"
+
+
+def test_werkzeug_cve_2024_49767_large_text_field_is_bounded():
+    # CVE-2024-49767 / GHSA-q34m-jh98-gwm2: Werkzeug's max_form_memory_size was not
+    # applied to a large non-file field spread over several reads. Here max_body_size
+    # bounds the whole body, also when there is no Content-Length (read counting).
+    app = form_app(max_body_size=4096)
+    body = multipart([([b'Content-Disposition: form-data; name="text"'], b"a" * 20_000)])
+    status, _, _ = wsgi_call(app, "/form", "POST", body=body, headers={"Content-Type": MP_TYPE})
+    assert status == 413
+    status, _, _ = wsgi_call(app, "/form", "POST", body=body, content_length=False,
+                             headers={"Content-Type": MP_TYPE},
+                             extra={"wsgi.input_terminated": True})
+    assert status == 413
+
+
+def test_werkzeug_cve_2024_49767_chunked_body_over_limit_is_413(server: Any):
+    # CVE-2024-49767 (server side): a chunked body (no Content-Length) past the limit
+    # must be cut off at max_body_size while reading: 413, not an unbounded read.
+    chunks = [b"x=" + b"a" * 8190] + [b"a" * 8192] * 15
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    raw = (b"POST /form HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+           b"Content-Type: application/x-www-form-urlencoded\r\n\r\n" + body)
+    data = exchange(server.port, raw)
+    assert statuses(data)[:1] == [413], data[:200]
+
+
+def _static_app(tmp_path: Any) -> tuple[App, Any]:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "ok.txt").write_bytes(b"public")
+    (tmp_path / "secret.txt").write_bytes(b"TOP-SECRET")
+    app = App(routes=[mh.static("/static", root)])
+    return app, root
+
+
+def test_werkzeug_cve_2024_49766_safe_join_absolute_and_unc_paths(tmp_path: Any):
+    # CVE-2024-49766 / GHSA-f9vj-2wh5-fj8j: Werkzeug's safe_join let Windows absolute and
+    # UNC paths (`/x`, `//server/share`, `C:x`) through on Python < 3.11. Replayed here on
+    # static(): every such name is a 404, never a file outside the directory.
+    app, _ = _static_app(tmp_path)
+    assert wsgi_call(app, "/static/ok.txt")[0] == 200
+    secret = str(tmp_path / "secret.txt")
+    for name in (secret, "/" + secret, "//server/share/secret.txt", "\\\\server\\share\\x",
+                 "C:/Windows/win.ini", "C:secret.txt", "c:\\secret.txt", "../secret.txt",
+                 "sub/../../secret.txt", "..\\secret.txt", "ok.txt\x00.png", "./../secret.txt",
+                 "\\..\\secret.txt"):
+        status, _, chunks = wsgi_call(app, "/static/" + name)
+        assert status == 404, (name, status)
+        assert b"TOP-SECRET" not in b"".join(chunks)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_werkzeug_cve_2025_66221_special_files_are_not_served(tmp_path: Any):
+    # CVE-2025-66221 / GHSA-hgf8-39gv-g3f2 and CVE-2026-27199 / GHSA-29vq-49wr-vm6x:
+    # Werkzeug's safe_join accepted Windows device names (CON, NUL, `x/NUL`), whose read
+    # never ends. The POSIX analogue: a FIFO, or a symlink to /dev/zero, under the static
+    # directory must be a 404, not a hung (or infinite) read.
+    app, root = _static_app(tmp_path)
+    os.mkfifo(root / "pipe")
+    os.mkfifo(root / "sub" / "NUL")
+    os.symlink("/dev/zero", root / "zero")
+    os.symlink(tmp_path / "secret.txt", root / "link.txt")
+    for name in ("pipe", "sub/NUL", "zero", "link.txt", "sub"):
+        status, _, chunks = run_bounded(lambda n=name: wsgi_call(app, "/static/" + n), 10)
+        assert status == 404, (name, status)
+        assert b"TOP-SECRET" not in b"".join(chunks)
+
+
+def test_werkzeug_cve_2022_29361_unread_body_is_not_a_second_request(server: Any):
+    # CVE-2022-29361 (Werkzeug dev server): when the app did not read the body, its bytes
+    # were parsed as the next request on a keep-alive connection (request smuggling).
+    smuggled = b"GET /secret HTTP/1.1\r\nHost: t\r\n\r\n"
+    raw = (b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+           + smuggled)
+    data = exchange(server.port, raw)
+    assert statuses(data) == [200], data[:300]
+    assert b"SECRET" not in data
+
+
+def test_werkzeug_cve_2020_28724_double_slash_is_no_open_redirect():
+    # CVE-2020-28724: Werkzeug's router redirected `//evil.example/...` (slash handling)
+    # to a protocol-relative Location, an open redirect. append_slash must never do so.
+    app = App(append_slash=True)
+    app.add_route("/<path:p>/", lambda request, p: p)
+    client = Client(app)
+    for path in ("/%2Fevil.example", "/%2F%2Fevil.example", "/%2Fevil.example%2Fx",
+                 "/%5Cevil.example", "/%5C%5Cevil.example"):
+        response = client.get(path)
+        if response.status_code in (301, 302, 307, 308):
+            location = response.headers["Location"].replace("\\", "/")
+            assert not location.startswith("//") and not urlsplit(location).netloc, location
+
+
+def test_werkzeug_cve_2024_34069_debug_page_runs_no_code():
+    # CVE-2024-34069 / GHSA-2g68-c3qc-8985: Werkzeug's debugger console could be driven to
+    # run code. microhandler has no console: the debug page is static escaped text and
+    # debugger-style query parameters run nothing.
+    app = App(debug=True)
+
+    @app.route("/boom")
+    def boom(request: mh.Request) -> str:
+        raise RuntimeError("boom")
+
+    client = Client(app, raise_server_exceptions=False)
+    response = client.get("/boom", query={"__debugger__": "yes", "cmd": "import os",
+                                          "frm": "0", "s": "x"})
+    assert response.status_code == 500
+    assert "<script" not in response.text.lower() and "pin" not in response.text.lower()
+    probe = client.get("/", query={"__debugger__": "yes", "cmd": "resource", "f": "debugger.js"})
+    assert probe.status_code == 404
+
+
+def test_werkzeug_cve_2016_10516_debug_page_escapes_exception_text():
+    # CVE-2016-10516: XSS in Werkzeug's debugger through an exception message rendered
+    # unescaped. The debug page must escape every client- or exception-chosen string.
+    app = App(debug=True)
+
+    @app.route("/boom")
+    def boom(request: mh.Request) -> str:
+        raise ValueError(request.GET.get("m", ""))
+
+    response = Client(app, raise_server_exceptions=False).get(
+        "/boom", query={"m": "<script>alert(1)</script>"})
+    assert response.status_code == 500
+    assert "<script>alert(1)" not in response.text
+    assert "&lt;script&gt;alert(1)" in response.text
+
+
+def test_flask_cve_2018_1000656_json_decoding_errors_are_400():
+    # CVE-2018-1000656: Flask's JSON decoding (encoding detection) raised unhandled errors
+    # on crafted bodies: a 500 and a DoS. Any malformed JSON body must be a 400.
+    app = App()
+    app.add_route("/j", lambda request: {"ok": True, "t": type(request.json).__name__},
+                  methods=["POST"])
+    client = Client(app, raise_server_exceptions=False)
+    bad = [
+        (b"\xff\xfe\xff", "application/json"),
+        (b"\x00\x00\x00", "application/json"),
+        (b'{"a": "\xed\xa0\x80"}', "application/json"),
+        (b'{"a": 1', "application/json"),
+        (b'\xfe\xff\x00{\x00', "application/json"),
+        (b'{"a": 1}', "application/json; charset=base64"),
+        (b'{"a": 1}', "application/json; charset=rot13"),
+        (b'{"a": 1}', "application/json; charset=zlib"),
+        (b'{"a": 1}', "application/json; charset=nonexistent-codec"),
+        (b'{"a":1}x', "application/json; charset=utf-16"),
+        (b"[" * 200_000, "application/json"),
+        (b"1" * 100_000, "application/json"),
+    ]
+    for body, content_type in bad:
+        response = client.post("/j", body=body, content_type=content_type)
+        assert response.status_code == 400, (body[:20], content_type, response.status_code)
+
+
+def test_flask_cve_2019_1010083_json_encoding_detection_is_bounded():
+    # CVE-2019-1010083: Flask < 1.0 used unexpected memory on crafted encoded JSON data.
+    # UTF-16/32 bodies are detected per RFC 8259 and decoded; an oversized body is refused
+    # up front (413) before decoding anything.
+    app = App(max_body_size=1024)
+    app.add_route("/j", lambda request: {"v": request.json}, methods=["POST"])
+    client = Client(app, raise_server_exceptions=False)
+    for codec in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+        response = client.post("/j", body='{"a": "é"}'.encode(codec),
+                               content_type="application/json")
+        assert response.status_code == 200 and response.json() == {"v": {"a": "é"}}, codec
+    huge = ('["' + "\u00e9" * 2000 + '"]').encode("utf-32-le")
+    assert client.post("/j", body=huge, content_type="application/json").status_code == 413
+
+
+# ================================================================ Django
+
+def test_django_cve_2018_14574_append_slash_no_open_redirect():
+    # CVE-2018-14574: CommonMiddleware (APPEND_SLASH) redirected `//evil.example` to
+    # `//evil.example/`, an open redirect. Paths reach the app exactly as sent here.
+    app = App(append_slash=True)
+    app.add_route("/<path:p>/", lambda request, p: p)
+    for path in ("//evil.example", "//evil.example/a", "///evil.example", "/\\evil.example",
+                 "/\\/evil.example", "//\\evil.example", "/\t/evil.example"):
+        status, headers, _ = wsgi_call(app, path)
+        if status in (301, 302, 307, 308):
+            location = re.sub(r"[\t\r\n]", "", headers["location"]).replace("\\", "/")
+            assert not location.startswith("//"), (path, headers["location"])
+            assert not urlsplit(location).netloc, (path, headers["location"])
+
+
+SAFE_HOSTS = {"testserver"}
+
+
+def test_django_cve_2014_3730_is_safe_url_backslashes():
+    # CVE-2014-3730: is_safe_url accepted `http:\\\\\\djangoproject.com` (browsers read
+    # backslashes as slashes), an open redirect.
+    for url in ("http:\\\\\\evil.example", "http:\\\\evil.example", "\\\\evil.example",
+                "/\\evil.example", "\\/evil.example", "https:\\/\\/evil.example", "http:/\\evil.example"):
+        assert mh.is_safe_url(url, allowed_hosts=SAFE_HOSTS) is False, url
+    assert mh.is_safe_url("/next/page", allowed_hosts=SAFE_HOSTS) is True
+
+
+def test_django_cve_2015_0220_is_safe_url_leading_whitespace():
+    # CVE-2015-0220: is_safe_url did not strip leading whitespace, so `\njavascript:...`
+    # was judged safe (an XSS once used in a link).
+    for url in ("\njavascript:alert(1)", " javascript:alert(1)", "\tjavascript:alert(1)",
+                "\x00javascript:alert(1)", "\x0bjavascript:alert(1)", "\x1fhttp://evil.example"):
+        assert mh.is_safe_url(url, allowed_hosts=SAFE_HOSTS) is False, repr(url)
+
+
+def test_django_cve_2015_2317_is_safe_url_javascript_variants():
+    # CVE-2015-2317: is_safe_url accepted `javascript:` URLs with mixed case or
+    # surrounding whitespace; also CVE-2013-6044 (scheme check missing).
+    for url in ("javascript:alert(1)", "JaVaScRiPt:alert(1)", "java\tscript:alert(1)",
+                "java\nscript:alert(1)", "data:text/html,<script>", "vbscript:x",
+                "javascript://testserver/%0aalert(1)", "  JAVASCRIPT:alert(1)  "):
+        assert mh.is_safe_url(url, allowed_hosts=SAFE_HOSTS) is False, repr(url)
+
+
+def test_django_cve_2016_2512_is_safe_url_basic_auth():
+    # CVE-2016-2512: is_safe_url accepted `http://testserver\@evil.example` (basic-auth
+    # userinfo trick), an open redirect.
+    for url in ("http://testserver\\@evil.example", "http://testserver:\\@evil.example",
+                "http://testserver@evil.example", "https://testserver:@evil.example",
+                "//testserver\\@evil.example", "http://evil.example\\@testserver"):
+        assert mh.is_safe_url(url, allowed_hosts=SAFE_HOSTS) is False, url
+
+
+def test_django_cve_2017_7233_is_safe_url_numeric_urls():
+    # CVE-2017-7233: is_safe_url considered numeric URLs such as `http:999999999` safe;
+    # browsers read them as hosts. Also the `http:///evil` and `///evil` spellings.
+    for url in ("http:999999999", "https:2130706433", "http:/evil.example", "http:evil.example",
+                "http:///evil.example", "https:///evil.example", "///evil.example",
+                "\x08//evil.example"):
+        assert mh.is_safe_url(url, allowed_hosts=SAFE_HOSTS) is False, repr(url)
+
+
+def test_django_cve_2017_7234_static_serve_no_redirect(tmp_path: Any):
+    # CVE-2017-7234: django.views.static.serve() could redirect to any other domain for a
+    # crafted URL. static() never redirects: a miss is a 404 without Location.
+    app, _ = _static_app(tmp_path)
+    for path in ("/static//evil.example/", "/static///evil.example", "/static/sub",
+                 "/static/\\\\evil.example", "/static/%2F%2Fevil.example", "/static/sub/"):
+        status, headers, _ = wsgi_call(app, path)
+        assert status == 404 and "location" not in headers, (path, status, headers)
+
+
+def _upload_names(filenames: list[bytes], extra_params: bytes = b"") -> list[str]:
+    app = form_app()
+    body = multipart([([b'Content-Disposition: form-data; name="f"; filename="' + name + b'"'
+                        + extra_params], b"data") for name in filenames])
+    response = Client(app).post("/form", body=body, content_type=MP_TYPE)
+    assert response.status_code == 200
+    return [entry[1] for entry in response.json()["files"]]
+
+
+def _assert_base_names(names: list[str], tmp_path: Any) -> None:
+    for name in names:
+        assert "/" not in name and "\\" not in name and name not in (".", ".."), name
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in name), repr(name)
+        if name:
+            target = os.path.realpath(os.path.join(tmp_path, name))
+            assert os.path.dirname(target) == os.path.realpath(tmp_path), name
+
+
+def test_django_cve_2021_28658_upload_filename_traversal(tmp_path: Any):
+    # CVE-2021-28658: MultiPartParser allowed directory traversal via uploaded files with
+    # crafted names (`../../x`, `..\\x`). `.filename` is a base name.
+    names = _upload_names([b"../../etc/passwd", b"..\\\\..\\\\windows\\\\win.ini",
+                           b"/etc/passwd", b"C:\\dir\\a.txt", b"sub/../../x.txt",
+                           b"..%2F..%2Fx.txt"])
+    assert names[:5] == ["passwd", "win.ini", "passwd", "a.txt", "x.txt"]
+    _assert_base_names(names, tmp_path)
+
+
+def test_django_cve_2021_31542_upload_filename_dot_names(tmp_path: Any):
+    # CVE-2021-31542: MultiPartParser, UploadedFile and FieldFile allowed traversal with
+    # names reducing to `.` or `..` (and control characters); `filename*` must be ignored
+    # (RFC 7578), so a traversal hidden there does not win either.
+    names = _upload_names([b"..", b".", b"x/..", b"x\\..", b" .. ", b"a\x01b\x7f.txt",
+                           b"\xc2\x85..", b"./"])
+    _assert_base_names(names, tmp_path)
+    assert names[:5] == ["", "", "", "", ""], names
+    # A NUL in the part header is malformed input: a 400 (or a clean base name).
+    body = multipart([([b'Content-Disposition: form-data; name="f"; filename="..\x00/x"'], b"d")])
+    response = Client(form_app()).post("/form", body=body, content_type=MP_TYPE)
+    assert response.status_code == 400 or response.json()["files"][0][1] in ("", "x")
+    starred = _upload_names([b"safe.txt"], b"; filename*=UTF-8''..%2F..%2Fetc%2Fpasswd")
+    assert starred == ["safe.txt"]
+
+
+def test_django_cve_2022_36359_fileresponse_content_disposition_rfd():
+    # CVE-2022-36359: FileResponse put a user-derived filename into Content-Disposition
+    # unescaped: `"` or `;` could add parameters (reflected file download).
+    for filename in ('evil.bat";x=".txt', 'a.txt"; filename="evil.bat', "a\\\".bat",
+                     "r\u00e9sum\u00e9\";x=1.pdf", "a\r\nSet-Cookie: x=1.txt", "a;b=c.txt"):
+        response = mh.FileResponse(io.BytesIO(b"x"), as_attachment=True, filename=filename)
+        value = response["Content-Disposition"]
+        assert "\r" not in value and "\n" not in value
+        # Tokenize the parameters as a browser does (quoted-string aware): nothing may be
+        # left over, and only one `filename` and at most one `filename*` may appear.
+        assert value.startswith("attachment")
+        rest = value[len("attachment"):]
+        params = re.findall(r';[ \t]*([^=;\s]+)=("(?:[^"\\]|\\.)*"|[^;"]*)', rest)
+        assert "".join(re.findall(r';[ \t]*[^=;\s]+=(?:"(?:[^"\\]|\\.)*"|[^;"]*)', rest)) \
+            == rest, (filename, value)
+        keys = [key.lower() for key, _ in params]
+        assert set(keys) <= {"filename", "filename*"}, (filename, value)
+        assert keys.count("filename") == 1 and keys.count("filename*") <= 1, value
+        response.close()
+
+
+def test_django_cve_2023_24580_too_many_file_parts():
+    # CVE-2023-24580: Django's MultiPartParser accepted an excessive number of (file)
+    # parts: too many open files or memory exhaustion. Also DATA_UPLOAD_MAX_NUMBER_FIELDS
+    # for urlencoded forms.
+    app = form_app(max_form_fields=100)
+    client = Client(app)
+    files = multipart([([f'Content-Disposition: form-data; name="f{i}"; filename="{i}.txt"'
+                         .encode()], b"x" * 10) for i in range(101)])
+    assert client.post("/form", body=files, content_type=MP_TYPE).status_code == 400
+    fields = "&".join(f"a{i}=1" for i in range(101))
+    assert client.post("/form", body=fields.encode(),
+                       content_type="application/x-www-form-urlencoded").status_code == 400
+    default = form_app()
+    many = multipart([([f'Content-Disposition: form-data; name="f"; filename="{i}"'.encode()],
+                       b"") for i in range(1001)])
+    assert Client(default).post("/form", body=many, content_type=MP_TYPE).status_code == 400
+
+
+def test_django_cve_2021_23336_semicolon_is_not_a_separator():
+    # CVE-2021-23336: limited_parse_qsl split on `;` too (web cache poisoning, as
+    # CPython's bpo-42967). Only `&` separates, in queries and in forms.
+    app = App()
+    app.add_route("/", lambda request: {"get": request.GET.dict(), "post": request.POST.dict()},
+                  methods=["GET", "POST"])
+    client = Client(app)
+    data = client.get("/?a=1;b=2&c=3").json()
+    assert data["get"] == {"a": "1;b=2", "c": "3"}
+    data = client.post("/", body=b"a=1;b=2", content_type="application/x-www-form-urlencoded")
+    assert data.json()["post"] == {"a": "1;b=2"}
+
+
+def test_django_cve_2021_44420_trailing_newline_does_not_match():
+    # CVE-2021-44420: URLs with a trailing newline matched `^admin/$` routes, bypassing
+    # upstream access control based on URL paths.
+    app = App()
+    app.add_route("^/admin/$", lambda request: "admin")
+    app.add_route("/panel/", lambda request: "panel")
+    app.add_route("/n/<int:i>", lambda request, i: str(i))
+    app.add_route("/s/<slug:s>", lambda request, s: s)
+    client = Client(app)
+    assert client.get("/admin/").status_code == 200
+    for path in ("/admin/%0A", "/admin/%0D%0A", "/panel/%0A", "/n/1%0A", "/s/a%0A"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_django_cve_2015_0219_underscore_header_spoofing(server: Any):
+    # CVE-2015-0219: `X-Auth_User` became HTTP_X_AUTH_USER like `X-Auth-User`, so a client
+    # could pose as the header a trusted proxy sets. The server drops names with `_`.
+    data = exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\nX-User_Id: admin\r\n"
+                                 b"Connection: close\r\n\r\n")
+    assert statuses(data) == [200] and b'"user":null' in data, data[-200:]
+    data = exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\nX-User-Id: real\r\n"
+                                 b"X-User_Id: admin\r\nConnection: close\r\n\r\n")
+    assert b'"user":"real"' in data and b"admin" not in data, data[-200:]
+
+
+def _host_app(**kwargs: Any) -> App:
+    app = App(**kwargs)
+    app.add_route("/", lambda request: {"host": request.host,
+                                        "uri": request.build_absolute_uri("/x")})
+    return app
+
+
+def test_django_cve_2012_4520_host_header_poisoning():
+    # CVE-2012-4520 (and the 2012-12 follow-up): get_host() accepted crafted Host headers
+    # (`evil@good`, ports with junk), poisoning absolute URLs such as reset links.
+    client = Client(_host_app(), raise_server_exceptions=False)
+    for host in ("good.example@evil.example", "evil.example#@good.example",
+                 "good.example:80@evil.example", "good.example/evil", "good.example\\evil",
+                 "good.example:abc", "good.example:99999999", "good.example,evil.example",
+                 "good.example evil.example", "good.example\x00", "<script>"):
+        response = client.get("/", headers={"Host": host})
+        assert response.status_code == 400, (host, response.status_code)
+    allowed = Client(_host_app(allowed_hosts=["good.example"]), raise_server_exceptions=False)
+    for host in ("evil.example", "good.example.evil.example", "evilgood.example",
+                 "good.example:80@evil.example"):
+        assert allowed.get("/", headers={"Host": host}).status_code == 400, host
+    for host in ("good.example", "GOOD.example:8000"):
+        assert allowed.get("/", headers={"Host": host}).status_code == 200, host
+    wildcard = Client(_host_app(allowed_hosts=[".good.example"]), raise_server_exceptions=False)
+    assert wildcard.get("/", headers={"Host": "a.good.example"}).status_code == 200
+    assert wildcard.get("/", headers={"Host": "evilgood.example"}).status_code == 400
+
+
+def test_django_cve_2011_4139_x_forwarded_host_not_trusted():
+    # CVE-2011-4139: get_host() trusted X-Forwarded-Host by default (cache poisoning,
+    # poisoned password-reset links). X-Forwarded-* are never trusted by default.
+    response = Client(_host_app()).get("/", headers={"X-Forwarded-Host": "evil.example",
+                                                     "Forwarded": "host=evil.example"})
+    assert response.status_code == 200
+    assert "evil" not in response.text and response.json()["host"] == "testserver"
+
+
+def test_django_cve_2019_12781_x_forwarded_proto_not_trusted():
+    # CVE-2019-12781: incorrect HTTPS detection behind a proxy (X-Forwarded-Proto).
+    # is_secure follows wsgi.url_scheme only.
+    app = App()
+    app.add_route("/", lambda request: {"secure": request.is_secure, "scheme": request.scheme})
+    response = Client(app).get("/", headers={"X-Forwarded-Proto": "https",
+                                             "X-Forwarded-Ssl": "on", "Front-End-Https": "on"})
+    assert response.json() == {"secure": False, "scheme": "http"}
+
+
+def test_django_cve_2019_3498_404_page_no_content_spoofing():
+    # CVE-2019-3498: the default 404 page echoed the request path, allowing content
+    # spoofing ("site moved to evil.example"). With debug=False nothing client-chosen
+    # is echoed in error pages.
+    app = App()
+    app.add_route("/j", lambda request: request.json, methods=["POST"])
+    client = Client(app, raise_server_exceptions=False)
+    response = client.get("/Our%20site%20has%20moved%20to%20evil.example%2C%20log%20in%20there")
+    assert response.status_code == 404 and "evil.example" not in response.text
+    response = client.get("/j")
+    assert response.status_code == 405 and "evil" not in response.text
+    response = client.post("/j", body=b'{"<script>evil.example": ', content_type="application/json")
+    assert response.status_code == 400 and "evil.example" not in response.text
+
+
+def test_django_cve_2017_12794_debug_page_escapes_traceback():
+    # CVE-2017-12794: XSS in the traceback section of the technical 500 page (chained
+    # exception messages were not escaped). The path, headers and chain are escaped too.
+    app = App(debug=True)
+
+    @app.route("/boom")
+    def boom(request: mh.Request) -> str:
+        try:
+            raise KeyError("<script>alert('cause')</script>")
+        except KeyError as exc:
+            raise ValueError("<img src=x onerror=alert(1)>") from exc
+
+    response = Client(app, raise_server_exceptions=False).get(
+        "/boom?q=<svg/onload=alert(2)>", headers={"X-Evil": "<iframe src=javascript:x>"})
+    assert response.status_code == 500
+    for raw in ("<script>alert(", "<img src=x", "<svg/onload", "<iframe"):
+        assert raw not in response.text, raw
+
+
+def test_django_cve_2014_0480_reverse_never_protocol_relative():
+    # CVE-2014-0480: reverse() could build `//evil.example/...` (a protocol-relative URL,
+    # i.e. another host) from a path argument; Django escapes a leading `//` since then.
+    app = App()
+    app.add_route("/go/", lambda request: mh.redirect("any", rest=request.GET["to"]))
+    app.add_route("/<path:rest>", lambda request, rest: rest, name="any")
+    app.add_route(r"^/(?P<rest>.+)$", lambda request, rest: rest, name="any_re")
+    # The impact: a redirect to a named route with a client-chosen value goes off-site.
+    response = Client(app, raise_server_exceptions=False).get("/go/", query={"to": "/evil.example"})
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert not location.startswith("//") and not urlsplit(location).netloc, location
+    for name in ("any", "any_re"):
+        for value in ("/evil.example/x", "//evil.example", "\\evil.example", "/\\evil.example"):
+            try:
+                url = app.reverse(name, rest=value)
+            except mh.NoReverseMatch:
+                continue
+            normalized = url.replace("\\", "/")
+            assert not normalized.startswith("//"), (name, value, url)
+            assert not urlsplit(normalized).netloc, (name, value, url)
+
+
+def test_django_cve_2016_7401_cookie_parsing_cannot_inject_cookie():
+    # CVE-2016-7401: Django's cookie parsing (via Google Analytics cookies containing `]`
+    # and `=`) let a third party set arbitrary cookies such as csrftoken.
+    app = App()
+    app.add_route("/", lambda request: dict(request.COOKIES))
+    client = Client(app)
+    cookies = client.get("/", headers={
+        "Cookie": "__utmz=1.2.3.utmcsr=x]csrftoken=evil; csrftoken=good"}).json()
+    assert cookies["csrftoken"] == "good"
+    cookies = client.get("/", headers={"Cookie": 'a="x; csrftoken=evil"; b=1'}).json()
+    assert cookies.get("csrftoken") != "evil"
+    cookies = client.get("/", headers={"Cookie": "a=x,csrftoken=evil"}).json()
+    assert "csrftoken" not in cookies
+
+
+def test_django_cve_2015_0221_static_file_sent_in_bounded_blocks(tmp_path: Any):
+    # CVE-2015-0221: django.views.static.serve() read files line by line: a big file
+    # without newlines was read into memory at once. Static files stream in blocks.
+    app, root = _static_app(tmp_path)
+    size = 4 * 2**20
+    (root / "big.bin").write_bytes(b"\x00" * size)
+    status, headers, chunks = wsgi_call(app, "/static/big.bin")
+    assert status == 200 and int(headers["content-length"]) == size
+    assert sum(map(len, chunks)) == size
+    assert max(map(len, chunks)) <= 2**20 and len(chunks) >= 4
+
+
+def test_django_cve_2025_48432_log_lines_escape_request_path(caplog: pytest.LogCaptureFixture):
+    # CVE-2025-48432: Django's internal response logging did not escape request.path, so
+    # a CR/LF in the path forged log lines (log injection).
+    app = App()
+
+    @app.route("/boom")
+    def boom(request: mh.Request) -> str:
+        raise RuntimeError("x")
+
+    app.add_route("/<path:p>", lambda request, p: ("nope", 404))
+    client = Client(app, raise_server_exceptions=False)
+    with caplog.at_level(logging.DEBUG, logger="microhandler"):
+        client.get("/missing%0D%0A[INFO] user admin logged in")
+        client.get("/x%0Afake", headers={"Host": "bad host"})
+        client.get("/boom", query={"a": "b\nc"})
+        client.get("/zz\x1b[31mred")
+        client.post("/j%0Ax", body=b"{", content_type="application/json")
+    assert caplog.records, "nothing logged"
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "\n" not in message and "\r" not in message and "\x1b" not in message, message
+
+
+def test_django_cve_2022_23833_multipart_malformed_inputs_terminate():
+    # CVE-2022-23833: certain inputs to Django's MultiPartParser caused an infinite loop.
+    # Every malformed body ends (bounded) with a 4xx or an empty/partial form, never 500.
+    app = form_app()
+    cd = b'Content-Disposition: form-data; name="a"'
+    bodies = [
+        b"--BOUNDARY", b"--BOUNDARY\r\n", b"--BOUNDARY\r\n" + cd, b"--BOUNDARY\r\n" + cd + b"\r\n",
+        b"--BOUNDARY\r\n" + cd + b"\r\n\r\n", b"--BOUNDARY\r\n" + cd + b"\r\n\r\nvalue",
+        b"--BOUNDARY--", b"--BOUNDARY--\r\n", b"\r\n--BOUNDARY\r\n\r\n--BOUNDARY--",
+        b"--BOUNDARY-" * 5000, b"\r\n--" * 20000, b"--BOUNDARY\r\n" * 3000,
+        b"--BOUNDARY\r\n" + cd + b'; filename="\\', b"--BOUNDARY\r\n" + cd + b'; name="\\"\r\n\r\nx',
+        b"--BOUNDARY\r\nContent-Disposition: form-data; name=\"a\r\n\r\nx\r\n--BOUNDARY--",
+        b"--BOUNDARY\r\n" + cd + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n====\r\n--BOUNDARY--",
+        b"--BOUNDARY\r\n" + cd + b"\r\n\r\n" + b"-" * 100_000,
+        b"--BOUNDARY\r\n" + cd + b"\r\n\r\n\r\n--BOUNDARY\r\n\r\n--BOUNDARY--",
+    ]
+    for body in bodies:
+        status, _, _ = run_bounded(lambda b=body: wsgi_call(app, "/form", "POST", body=b,
+                                                            headers={"Content-Type": MP_TYPE}), 10)
+        assert status in (200, 400), (body[:60], status)
+
+
+def test_django_cve_2025_27556_is_safe_url_large_unicode_input():
+    # CVE-2025-27556: url_has_allowed_host_and_scheme (and LoginView/set_language) were
+    # slow on large inputs of certain Unicode characters (NFKC on Windows). Bounded here.
+    for url in ("/" + "\u00bd" * 500_000, "http://" + "\uff0f" * 200_000 + "evil.example",
+                "//" + "\u2100" * 200_000, "\\" * 500_000, "/" * 500_000):
+        result = run_bounded(lambda u=url: mh.is_safe_url(u, allowed_hosts=SAFE_HOSTS), 20)
+        assert isinstance(result, bool)
+    assert mh.is_safe_url("http://\uff0f\uff0fevil.example", allowed_hosts=SAFE_HOSTS) is False
+
+
+def test_django_cve_2025_64458_redirect_large_unicode_input():
+    # CVE-2025-64458: HttpResponseRedirect / redirect() were subject to DoS via inputs with
+    # very many Unicode characters (NFKC normalization). The Location stays ASCII and the
+    # work bounded.
+    for url in ("/" + "\u2100" * 200_000, "/" + "\u00e9" * 300_000):
+        response = run_bounded(lambda u=url: HttpResponseRedirect(u), 20)
+        assert response["Location"].isascii() and response.status_code == 302
+
+
+def test_django_cve_2015_5144_header_newlines_rejected():
+    # CVE-2015-5144 (and CVE-2021-32052): values with newlines reaching response headers
+    # allowed header injection; HttpResponse must refuse CR/LF/NUL in headers.
+    response = HttpResponse()
+    for value in ("a\r\nSet-Cookie: x=1", "a\nb", "a\rb", "a\x00b"):
+        with pytest.raises(mh.BadHeaderError):
+            response["X-A"] = value
+    for name in ("X-A\r\nSet-Cookie", "X A", "X:A", ""):
+        with pytest.raises(mh.BadHeaderError):
+            response[name] = "1"
+    with pytest.raises(mh.BadHeaderError):
+        response.set_cookie("a", "b\r\nSet-Cookie: admin=1")
+    with pytest.raises(mh.BadHeaderError):
+        mh.HttpResponse(headers={"X-A": "1\r\nX-B: 2"})
+
+
+def test_django_cve_2026_33033_base64_transfer_encoding_not_decoded():
+    # CVE-2026-33033: Django's MultiPartParser spent CPU decoding base64 parts padded with
+    # whitespace. Content-Transfer-Encoding is not decoded at all (RFC 7578 deprecates it):
+    # the payload is kept as sent, linearly.
+    app = form_app()
+    payload = b"QUJD" + b" \r\t" * 100_000 + b"="
+    body = multipart([([b'Content-Disposition: form-data; name="f"; filename="a.bin"',
+                        b"Content-Transfer-Encoding: base64"], payload)])
+    status, _, chunks = run_bounded(lambda: wsgi_call(app, "/form", "POST", body=body,
+                                                      headers={"Content-Type": MP_TYPE}))
+    assert status == 200
+    assert json.loads(b"".join(chunks))["files"] == [["f", "a.bin", len(payload)]]
+
+
+# ================================================================ Bottle
+
+def test_bottle_cve_2020_28473_semicolon_parameter_cloaking():
+    # CVE-2020-28473: Bottle split query parameters on `;` too, so a cache keyed on
+    # `utm_content` could be poisoned with a cloaked `q` (parameter cloaking).
+    app = App()
+    app.add_route("/", lambda request: {"q": request.GET.getlist("q"), "keys": list(request.GET)})
+    data = Client(app).get("/?q=good&utm_content=x;q=evil").json()
+    assert data["q"] == ["good"] and data["keys"] == ["q", "utm_content"]
+    data = Client(app).get("/?utm_content=x%3Bq%3Devil;q=evil2").json()
+    assert data["q"] == []
+
+
+def test_bottle_cve_2022_31799_malformed_multipart_is_400():
+    # CVE-2022-31799: Bottle mishandled errors during early request binding (multipart
+    # parsing), with unexpected failures. Malformed input is a 400, never a 500.
+    app = form_app()
+    client = Client(app, raise_server_exceptions=False)
+    good_part = multipart([([b'Content-Disposition: form-data; name="a"'], b"1")])
+    cases = [
+        ("multipart/form-data", good_part),
+        ("multipart/form-data; boundary=", good_part),
+        ("multipart/form-data; boundary=" + "b" * 71, good_part),
+        ("multipart/form-data; boundary=\"a\x00b\"", good_part),
+        ("multipart/form-data; boundary=\u00e9", good_part),
+        (MP_TYPE, b"garbage without any boundary"),
+        (MP_TYPE, multipart([([b"Content-Type: text/plain"], b"1")])),
+        (MP_TYPE, multipart([([b"Content-Disposition form-data; name=a"], b"1")])),
+        (MP_TYPE, multipart([([b"Content-Disposition: attachment; name=a"], b"1")])),
+        (MP_TYPE, multipart([([b"Content-Disposition: form-data"], b"1")])),
+        (MP_TYPE, multipart([([b"Content-Disposition: form-data; name=a",
+                               b"Content-Disposition: form-data; name=b"], b"1")])),
+        (MP_TYPE, multipart([([b"\xff\xfe: x", b"Content-Disposition: form-data; name=a"],
+                              b"1")])),
+        (MP_TYPE, multipart([([b"Content-Disposition: form-data; name=a"], b"1")], close=False)),
+    ]
+    for content_type, body in cases:
+        response = client.post("/form", body=body, content_type=content_type)
+        assert response.status_code == 400, (content_type, body[:60], response.status_code)
+    odd_charset = multipart([([b"Content-Disposition: form-data; name=a",
+                               b"Content-Type: text/plain; charset=base64"], b"\xff\xfe")])
+    assert client.post("/form", body=odd_charset, content_type=MP_TYPE).status_code == 200
+
+
+def test_bottle_cve_2016_9964_redirect_crlf_injection():
+    # CVE-2016-9964: Bottle's redirect() did not filter CR/LF, so
+    # redirect("233\r\nSet-Cookie: name=salt") injected a header.
+    payload = "233\r\nSet-Cookie: name=salt"
+    try:
+        response = HttpResponseRedirect(payload)
+    except (mh.BadHeaderError, mh.DisallowedRedirect):
+        response = None
+    if response is not None:
+        assert "\r" not in response["Location"] and "\n" not in response["Location"]
+    app = App()
+    app.add_route("/go", lambda request: mh.redirect(request.GET["next"]))
+    client = Client(app, raise_server_exceptions=False)
+    for value in (payload, "/x\r\nSet-Cookie: name=salt", "http://t/\nSet-Cookie:a=b",
+                  "/x%0d%0aSet-Cookie:%20a=b"):
+        response = client.get("/go", query={"next": value})
+        assert response.status_code < 500
+        assert "Set-Cookie" not in response.headers, value
+        assert all("\r" not in v and "\n" not in v for _, v in response.header_list)
+
+
+def test_bottle_cve_2014_3137_json_content_type_semicolon_bypass():
+    # CVE-2014-3137: Bottle accepted a JSON body when the Content-Type merely contained
+    # `application/json` after a `;` (`text/plain;application/json`), defeating CSRF
+    # protection that relied on JSON-only endpoints.
+    app = App()
+    app.add_route("/j", lambda request: {"v": request.json}, methods=["POST"])
+    client = Client(app, raise_server_exceptions=False)
+    for content_type in ("text/plain; application/json", "text/plain;application/json",
+                         "application/x-www-form-urlencoded; x=application/json",
+                         "multipart/form-data; boundary=application/json",
+                         "application/jsonx", "application/json-patch", "text/json",
+                         "application/x-json, application/json"):
+        response = client.post("/j", body=b'{"a": 1}', content_type=content_type)
+        assert response.status_code == 400, content_type
+    assert client.post("/j", body=b'{"a": 1}', content_type="application/json; charset=utf-8"
+                       ).status_code == 200
+
+
+# ================================================================ waitress
+
+def test_waitress_cve_2019_16785_bare_lf_header_terminator_rejected(server: Any):
+    # CVE-2019-16785 / GHSA-pg36-wpm5-g57p: waitress accepted a bare LF as a header line
+    # terminator; a proxy reading `X-Header: x<LF>Transfer-Encoding: chunked` as one header
+    # and waitress as two disagree on the body: request smuggling. Now a 400.
+    raw = (b"POST / HTTP/1.1\r\nHost: t\r\nX-Header: x\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n0\r\n\r\n")
+    assert_rejected(exchange(server.port, raw))
+
+
+def test_waitress_cve_2019_16785_bare_cr_in_header_rejected(server: Any):
+    # CVE-2019-16785 (bare CR variant, waitress 1.4.0 rejects "a bare CR or LF"): a lone
+    # CR inside a header value must not start a new header the front end never saw.
+    raw = (b"POST / HTTP/1.1\r\nHost: t\r\nX-Header: x\rTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n0\r\n\r\n")
+    assert_rejected(exchange(server.port, raw))
+
+
+def test_waitress_cve_2019_16786_invalid_transfer_encoding_rejected(server: Any):
+    # CVE-2019-16786 / GHSA-g2xc-35jw-c63p: waitress treated `Transfer-Encoding: identity,
+    # chunked` (and other codings it does not implement) as chunked.
+    for coding in (b"identity, chunked", b"chunked, identity", b"gzip, chunked",
+                   b"chunked\r\nTransfer-Encoding: identity", b"identity", b"chunked, chunked"):
+        raw = (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: " + coding + b"\r\n\r\n"
+               b"5\r\nhello\r\n0\r\n\r\nGET /secret HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert_rejected(exchange(server.port, raw), (400, 501))
+
+
+def test_waitress_cve_2019_16789_whitespace_in_transfer_encoding_rejected(server: Any):
+    # CVE-2019-16789 / GHSA-m5ff-3wj3-8ph4 (and follow-up GHSA-968f-66r5-5v74): waitress
+    # read `Transfer-Encoding: \x0bchunked` as chunked while a front end ignores the
+    # invalid header and frames by Content-Length (or no body).
+    for coding in (b"\x0bchunked", b"chunked\x0b", b"\x0cchunked", b"\x1cchunked"):
+        raw = (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: " + coding + b"\r\n\r\n"
+               b"5\r\nhello\r\n0\r\n\r\n")
+        assert_rejected(exchange(server.port, raw), (400, 501))
+
+
+def test_waitress_cve_2019_16792_content_length_twice(server: Any):
+    # CVE-2019-16792 / GHSA-4ppp-gpcr-7qf6: waitress folded two Content-Length headers
+    # into "10, 0", read it as 0, and parsed the body as a second request.
+    smuggled = b"GET /secret HTTP/1.1\r\nHost: t\r\n\r\n"
+    for lengths in ((b"%d" % len(smuggled), b"0"), (b"0", b"%d" % len(smuggled))):
+        raw = (b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: " + lengths[0] +
+               b"\r\nContent-Length: " + lengths[1] + b"\r\n\r\n" + smuggled)
+        assert_rejected(exchange(server.port, raw))
+    raw = (b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: %d, 0\r\n\r\n" % len(smuggled)
+           + smuggled)
+    assert_rejected(exchange(server.port, raw))
+
+
+def test_waitress_cve_2020_5236_control_char_header_no_hang(server: Any):
+    # CVE-2020-5236 / GHSA-73m2-3pwg-5fgc: a header value ending in a control character
+    # (`Bad-header: xxxx...\x10`) sent waitress' header regex into catastrophic
+    # backtracking. The server answers (4xx or 200), bounded by a socket timeout.
+    raw = (b"GET / HTTP/1.1\r\nHost: t\r\nBad-header: " + b"x" * 60_000 + b"\x10\r\n"
+           b"Connection: close\r\n\r\n")
+    data = exchange(server.port, raw, idle=5.0, limit=15.0)
+    codes = statuses(data)
+    assert codes and codes[0] < 500, data[:200]
+
+
+def test_waitress_cve_2022_24761_lenient_integer_parsing(server: Any):
+    # CVE-2022-24761 / GHSA-4f7p-27jc-3c36 (part 1): waitress parsed Content-Length and
+    # chunk sizes with int(), accepting `+10`, `0x01`, `1_0`, which a front end reads
+    # differently.
+    smuggled = b"GET /secret HTTP/1.1\r\nHost: t\r\n\r\n"
+    for value in (b"+%d" % len(smuggled), b"0x%x" % len(smuggled), b"-0", b"1_0", b"\xb2"):
+        raw = (b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: " + value + b"\r\n\r\n"
+               + smuggled)
+        assert_rejected(exchange(server.port, raw))
+    for size in (b"+5", b"0x5", b"5_0", b"-5", b" 5", b"\xb5"):
+        raw = (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + size
+               + b"\r\nhello\r\n0\r\n\r\n" + smuggled)
+        assert_rejected(exchange(server.port, raw))
+
+
+def test_waitress_cve_2022_24761_chunk_extension_validated(server: Any):
+    # CVE-2022-24761 / GHSA-4f7p-27jc-3c36 (part 2): waitress discarded chunk extensions
+    # without validating them; a bare CR (or NUL) inside one is read differently by a
+    # front end (cf. h11 CVE-2025-43859, Kestrel CVE-2025-55315).
+    for line in (b"5;a\rb", b"5;a\x00b", b"5;\"unterminated", b"5;a=\"b\rc\"", b"5;\x7f"):
+        raw = (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + line
+               + b"\r\nhello\r\n0\r\n\r\n")
+        assert_rejected(exchange(server.port, raw))
+    ok = (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+          b"\r\n5;name=value;q=\"a b\"\r\nhello\r\n0\r\n\r\n")
+    assert statuses(exchange(server.port, ok)) == [200]
+
+
+def test_waitress_cve_2024_49768_no_pipelined_request_after_invalid_one(server: Any):
+    # CVE-2024-49768 / GHSA-9298-4cf8-g4wj: with pipelining, a request following an
+    # invalid first request was still processed. The connection must end at the 400.
+    second = b"GET /secret HTTP/1.1\r\nHost: t\r\n\r\n"
+    for first in (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: +1\r\n\r\n",
+                  b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 0"
+                  b"\r\n\r\n",
+                  b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\nHost: t\r\n\r\n"):
+        data = exchange(server.port, first + second)
+        if not statuses(data) and re.search(rb"Error code: (400|505)", data):
+            # http.server answers a request line it cannot read (one word, HTTP/9.9) in
+            # HTTP/0.9 style, without a status line; what matters is the second request.
+            assert b"SECRET" not in data
+            continue
+        assert_rejected(data, (400, 404, 505))
+
+
+# ================================================================ gunicorn
+
+def test_gunicorn_cve_2024_1135_conflicting_transfer_encodings(server: Any):
+    # CVE-2024-1135 / GHSA-w3h3-4rj7-4ph4: gunicorn treated requests with several,
+    # conflicting Transfer-Encoding headers as chunked regardless of the final coding.
+    for headers in (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
+                    b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+                    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                    b"Transfer-Encoding: chunked, gzip\r\n"):
+        raw = (b"POST / HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n"
+               b"5\r\nhello\r\n0\r\n\r\nGET /secret HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert_rejected(exchange(server.port, raw), (400, 501))
+
+
+def test_gunicorn_cve_2024_6827_te_cl_no_fallback(server: Any):
+    # CVE-2024-6827 / GHSA-hc5x-x2vx-497g: gunicorn fell back to Content-Length when
+    # Transfer-Encoding was invalid (TE.CL desync). Both framings at once are a 400.
+    smuggled = b"GET /secret HTTP/1.1\r\nHost: t\r\n\r\n"
+    for coding in (b"chunked", b"xchunked", b"chunked-false", b"identity", b" "):
+        raw = (b"POST /noread HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: " + coding +
+               b"\r\nContent-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+        assert_rejected(exchange(server.port, raw), (400, 501))
+    raw = (b"POST / HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n0\r\n\r\n")
+    assert_rejected(exchange(server.port, raw), (400, 501))
+
+
+def test_gunicorn_cve_2018_1000164_response_header_crlf():
+    # CVE-2018-1000164: gunicorn wrote response header values containing CR/LF as is
+    # (response splitting). A view returning such a header must not split the response.
+    app = App()
+    app.add_route("/t", lambda request: ("x", 200, {"X-A": "a\r\nX-Injected: 1"}))
+    app.add_route("/c", lambda request: _set_cookie_response(request.GET["v"]))
+    client = Client(app, raise_server_exceptions=False)
+    for path in ("/t", "/c?v=a%0D%0AX-Injected:%201"):
+        response = client.get(path)
+        assert "X-Injected" not in response.headers
+        assert all("\r" not in v and "\n" not in v for _, v in response.header_list)
+
+
+def _set_cookie_response(value: str) -> HttpResponse:
+    response = HttpResponse("x")
+    response.set_cookie("c", value)
+    return response
+
+
+def test_gunicorn_22_invalid_header_name_hides_content_length(server: Any):
+    # gunicorn 22.0.0 security fixes (same release as CVE-2024-1135; PR #3113, "refuse
+    # header names that are not tokens"), cf. waitress GHSA-968f-66r5-5v74 and netty
+    # CVE-2019-16869: `Name : value` (space before the colon) must be a 400. Here it
+    # ends header parsing, Content-Length is lost and the body is served as a request.
+    smuggled = b"GET /secret HTTP/1.1\r\nHost: t\r\n\r\n"
+    # (A line starting with a space is obs-fold, which RFC 9112 lets a server unfold.)
+    for bad in (b"X-Bad : foo", b"Transfer-Encoding : chunked", b"X\x01Bad: foo",
+                b"no colon here"):
+        raw = (b"POST /noread HTTP/1.1\r\nHost: t\r\n" + bad +
+               b"\r\nContent-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+        assert_rejected(exchange(server.port, raw))
+
+
+# ================================================================ python-multipart (Starlette)
+
+def test_python_multipart_cve_2024_53981_preamble_and_epilogue_bounded():
+    # CVE-2024-53981 / GHSA-59g5-xgcq-4qw3: python-multipart did per-byte work (logging)
+    # for CR/LF before the first boundary and after the last one: DoS. Both are bounded.
+    app = form_app(max_body_size=32 * 2**20)
+    client = Client(app)
+    part = [([b'Content-Disposition: form-data; name="a"'], b"1")]
+    for kwargs in ({"preamble": b"\r\n" * 2**19}, {"preamble": b"x" * 2**20 + b"\r\n"},
+                   {"epilogue": b"\r\n" * 2**19}, {"epilogue": b"-" * 2**20}):
+        body = multipart(part, **kwargs)
+        response = run_bounded(lambda b=body: client.post("/form", body=b, content_type=MP_TYPE))
+        assert response.status_code == 400, kwargs.keys()
+
+
+def test_python_multipart_ghsa_pp6c_gr5w_3c5g_part_headers_bounded():
+    # GHSA-pp6c-gr5w-3c5g: python-multipart had no limit on the number or size of a
+    # part's headers (CPU exhaustion). At most 8 KiB and 32 lines here: 400 past them.
+    app = form_app(max_body_size=32 * 2**20)
+    client = Client(app)
+    cd = b'Content-Disposition: form-data; name="a"'
+    cases = [
+        [cd, b"X-Big: " + b"a" * 9000],
+        [cd] + [b"X-H: 1"] * 40,
+        [cd] + [b"X-H: " + b"b" * 100] * 20_000,
+    ]
+    for header_lines in cases:
+        body = multipart([(header_lines, b"1")])
+        response = run_bounded(lambda b=body: client.post("/form", body=b, content_type=MP_TYPE))
+        assert response.status_code == 400
+    unterminated = b"--BOUNDARY\r\n" + cd + b"\r\n" + b"X-H: 1\r\n" * 300_000
+    response = run_bounded(lambda: client.post("/form", body=unterminated, content_type=MP_TYPE))
+    assert response.status_code == 400
+
+
+def test_python_multipart_cve_2024_24762_options_header_linear():
+    # CVE-2024-24762 / GHSA-2jv5-9r88-3w3p: python-multipart's Content-Type options parser
+    # was a ReDoS. Header-parameter parsing is one linear scan, whatever the input.
+    app = form_app()
+    body = multipart([([b'Content-Disposition: form-data; name="a"'], b"1")])
+    for content_type in ("multipart/form-data; " + ";" * 300_000 + "boundary=BOUNDARY",
+                         "multipart/form-data; boundary=BOUNDARY" + '; a="' * 100_000,
+                         "multipart/form-data; boundary=BOUNDARY; " + "a=\\" * 100_000,
+                         "multipart/form-data; boundary=BOUNDARY;" + " " * 300_000 + "x=1"):
+        status, _, _ = run_bounded(lambda c=content_type: wsgi_call(
+            app, "/form", "POST", body=body, headers={"Content-Type": c}))
+        assert status in (200, 400)
+    long_disposition = (b'Content-Disposition: form-data; name="a"' + b";" * 7000)
+    status, _, _ = run_bounded(lambda: wsgi_call(
+        app, "/form", "POST", body=multipart([([long_disposition], b"1")]),
+        headers={"Content-Type": MP_TYPE}))
+    assert status == 200
