@@ -941,6 +941,14 @@ def _host_is_allowed(domain: str, allowed_hosts: Iterable[str]) -> bool:
     return False
 
 
+_UTF_LABELS = frozenset({"utf-8", "utf8", "utf-16", "utf-16le", "utf-16be", "utf-32",
+                         "utf-32le", "utf-32be"})
+
+
+def _refuse_json_constant(name: str) -> Any:
+    raise BadRequest(f"Invalid JSON body: {name} is not JSON (RFC 8259)")
+
+
 class Request:
     """One HTTP request; the parsed parts (GET, POST, FILES, COOKIES, body, json...) are
     computed on first use and cached."""
@@ -1120,13 +1128,16 @@ class Request:
         body = self.body
         # RFC 8259: UTF-8, or UTF-16/32 told by the first bytes. Decoded strictly here:
         # json.loads(bytes) would let lone surrogates through, to fail later as a 500.
-        charset = self.content_params.get("charset") or json.detect_encoding(body)
+        charset = self.content_params.get("charset")
+        if charset is None or charset.lower() in _UTF_LABELS:
+            # A UTF label says nothing of byte order or BOM: the first bytes do.
+            charset = json.detect_encoding(body)
         try:
             text = body.decode(charset)
         except (ValueError, LookupError):
             raise BadRequest("The JSON body does not decode with its charset") from None
         try:
-            return json.loads(text)
+            return json.loads(text, parse_constant=_refuse_json_constant)
         except json.JSONDecodeError as exc:
             # Only the position: the message never repeats what the client sent.
             raise BadRequest(f"Invalid JSON body: {exc.msg} at line {exc.lineno} "
@@ -1568,7 +1579,11 @@ class JsonResponse(HttpResponse):
         import json
         kwargs.setdefault("content_type", "application/json")
         if encoder is None and not json_dumps_params:
-            body = _compact_json_encoder().encode(data).encode("utf-8")
+            text = _compact_json_encoder().encode(data)
+            try:
+                body = text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (from a client's JSON): escape it
+                body = json.dumps(data, separators=(",", ":")).encode("ascii")
         else:
             body = json.dumps(data, cls=encoder, ensure_ascii=False, separators=(",", ":"),
                               **(json_dumps_params or {})).encode("utf-8")
@@ -3415,7 +3430,17 @@ class App:
     def get_response(self, request: Request,
                      chain: Callable[[Request], HttpResponse] | None = None) -> HttpResponse:
         """Run the request through the middleware onion; always returns a response."""
-        response = (chain or self._middleware_chain or self.load_middleware())(request)
+        chain = chain or self._middleware_chain or self.load_middleware()
+        if self.allowed_hosts is None:
+            response = chain(request)
+        else:
+            # Outside the onion: no middleware may answer a request for another host.
+            try:
+                request.host  # noqa: B018 (checks it against allowed_hosts)
+            except BadRequest as exc:
+                response = self.response_for_exception(request, exc)
+            else:
+                response = chain(request)
         if request._files_to_close:
             response.add_closer(request.close)
         if response.status_code >= 400 and not getattr(response, "_logged", False):
@@ -3424,8 +3449,6 @@ class App:
 
     def _get_response(self, request: Request) -> HttpResponse:
         """The centre of the onion: resolve, view middleware, the view, template hooks."""
-        if self.allowed_hosts is not None:
-            request.host  # noqa: B018 (a Host outside allowed_hosts is a 400 on every request)
         callback, args, kwargs = self.resolve_request(request)
         response = None
         for process_view in self._view_middleware:
