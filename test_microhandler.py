@@ -2239,9 +2239,7 @@ def test_property_random_headers_never_5xx(headers: dict[str, str], method: str)
 
 
 # ============================================================================
-# AFTER SPLICE: multipart parsing. These need the real multipart parser (the stand-in
-# in microhandler.py answers 400 "multipart not ready"). Re-run after the splice with:
-#   python -m pytest _parts/test_core.py -q -p no:cacheprovider -k after_splice
+# the test client's files= reach request.FILES through the multipart parser
 # ============================================================================
 
 def _files_app() -> App:
@@ -2260,7 +2258,7 @@ def _files_app() -> App:
     return app
 
 
-def test_after_splice_client_files_with_content_type_are_parsed() -> None:
+def test_client_files_with_content_type_are_parsed() -> None:
     res = Client(_files_app()).post(
         "/upload", files={"f": ("name.txt", b"bytes", "text/plain")}, data={"title": "hi"})
     assert res.status_code == 200, res.text
@@ -2271,7 +2269,7 @@ def test_after_splice_client_files_with_content_type_are_parsed() -> None:
     }
 
 
-def test_after_splice_client_files_without_content_type_are_parsed() -> None:
+def test_client_files_without_content_type_are_parsed() -> None:
     res = Client(_files_app()).post("/upload", files={"doc": ("a.bin", b"\x00\x01\xff")})
     assert res.status_code == 200, res.text
     info = res.json()["files"]["doc"]
