@@ -132,7 +132,9 @@ class MultiDict(_StrMapping):
     def __init__(self, items: Iterable[tuple[str, Any]] | Mapping[str, Any] = (),
                  *, mutable: bool = False) -> None:
         self._lists: dict[str, list[Any]] = {}
-        if isinstance(items, Mapping):
+        if isinstance(items, MultiDict):
+            items = items.multi_items()
+        elif isinstance(items, Mapping):
             items = items.items()
         for key, value in items:
             self._lists.setdefault(key, []).append(value)
@@ -672,6 +674,7 @@ class _MultipartParser:
         return True
 
     def _find(self, needle: bytes, start: int) -> int:
+        # Every search goes through here: the tests count the bytes it examines.
         return self._buf.find(needle, start)
 
     def _copy_until_delimiter(self, sink: Callable[[bytes], object], at_end: str) -> None:
@@ -932,8 +935,7 @@ _MISSING: Any = object()
 def _host_is_allowed(domain: str, allowed_hosts: Iterable[str]) -> bool:
     """`example.com` matches itself, `.example.com` it and its subdomains, `*` anything."""
     domain = domain.rstrip(".")
-    for pattern in allowed_hosts:
-        pattern = pattern.lower()
+    for pattern in allowed_hosts:  # lowercased once, by App
         if pattern == "*" or pattern == domain:
             return True
         if pattern.startswith(".") and (domain.endswith(pattern) or domain == pattern[1:]):
@@ -941,8 +943,28 @@ def _host_is_allowed(domain: str, allowed_hosts: Iterable[str]) -> bool:
     return False
 
 
+_FORM_FIELD = re.compile(rb"[^&]+")
 _UTF_LABELS = frozenset({"utf-8", "utf8", "utf-16", "utf-16le", "utf-16be", "utf-32",
                          "utf-32le", "utf-32be"})
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _holds_lone_surrogate(data: Any) -> bool:
+    import json
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _finite_json_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise BadRequest("Invalid JSON body: a number too large for a float")
+    return value
 
 
 def _refuse_json_constant(name: str) -> Any:
@@ -993,9 +1015,7 @@ class Request:
     @_lazy
     def path_info(self) -> str:
         """The path below SCRIPT_NAME, as UTF-8 text (PEP 3333 hands it over as latin-1)."""
-        raw = self.environ.get("PATH_INFO", "") or "/"
-        if raw.isascii():
-            return raw
+        raw = self.environ.get("PATH_INFO") or "/"  # ASCII paths were set by __init__
         try:
             return raw.encode("latin-1").decode("utf-8")
         except UnicodeError:
@@ -1127,25 +1147,32 @@ class Request:
         import json
         body = self.body
         # RFC 8259: UTF-8, or UTF-16/32 told by the first bytes. Decoded strictly here:
-        # json.loads(bytes) would let lone surrogates through, to fail later as a 500.
+        # json.loads(bytes) would accept encoded lone surrogates.
         charset = self.content_params.get("charset")
         if charset is None or charset.lower() in _UTF_LABELS:
             # A UTF label says nothing of byte order or BOM: the first bytes do.
             charset = json.detect_encoding(body)
+        elif not _is_form_charset(charset):  # punycode and idna decode in quadratic time
+            raise BadRequest("The JSON body's charset is not a text encoding")
         try:
             text = body.decode(charset)
         except (ValueError, LookupError):
             raise BadRequest("The JSON body does not decode with its charset") from None
         try:
-            return json.loads(text, parse_constant=_refuse_json_constant)
+            data = json.loads(text, parse_constant=_refuse_json_constant,
+                              parse_float=_finite_json_float)
         except json.JSONDecodeError as exc:
             # Only the position: the message never repeats what the client sent.
             raise BadRequest(f"Invalid JSON body: {exc.msg} at line {exc.lineno} "
                              f"column {exc.colno}") from None
-        except ValueError:  # an integer past Python's digit limit, bad UTF-8
+        except ValueError:  # an integer past Python's digit limit
             raise BadRequest("Invalid JSON body") from None
         except RecursionError:
             raise BadRequest("Invalid JSON body: nested too deeply") from None
+        # A "\ud800" escape decodes to a lone surrogate, which no response can carry.
+        if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(data):
+            raise BadRequest("Invalid JSON body: a lone surrogate is not text")
+        return data
 
     # -- query, forms and cookies
     @_lazy
@@ -1179,17 +1206,20 @@ class Request:
         elif content_type == "application/x-www-form-urlencoded":
             fields = self._parse_urlencoded()
         elif content_type == "multipart/form-data":
-            fields, files = self._parse_multipart()
+            fields, files = self._read_multipart()
         self.__dict__["POST"] = QueryDict(fields)
         self.__dict__["FILES"] = MultiDict(files)
 
     def _parse_urlencoded(self) -> list[tuple[str, Any]]:
         body = self.body
-        if body.count(b"&") >= self._max_form_fields:
-            raise BadRequest(f"Too many form fields (more than {self._max_form_fields})")
+        limit = self._max_form_fields
+        # Empty fields ("a=1&&") do not count; the scan stops one past the limit.
+        if body.count(b"&") >= limit and sum(
+                1 for _ in zip(range(limit + 1), _FORM_FIELD.finditer(body), strict=False)) > limit:
+            raise BadRequest(f"Too many form fields (more than {limit})")
         return parse_query_string(body, self.encoding)
 
-    def _parse_multipart(self) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    def _read_multipart(self) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
         boundary = _check_boundary(self.content_params.get("boundary", ""))
         if "body" in self.__dict__:
             read: Callable[[int], bytes] = io.BytesIO(self.__dict__["body"]).read
@@ -1712,9 +1742,10 @@ class HttpResponseRedirect(HttpResponse):
         try:
             scheme = _url_scheme(str(url))
         except ValueError:
-            raise DisallowedRedirect(f"Unsafe redirect to a malformed URL: {url!r}") from None
+            raise DisallowedRedirect("Unsafe redirect to a malformed URL") from None
         if scheme not in self.allowed_schemes:
-            raise DisallowedRedirect(f"Unsafe redirect to URL with scheme {scheme!r}")
+            # The URL is often the client's ("?next="): the message does not repeat it.
+            raise DisallowedRedirect("Unsafe redirect: only relative, http and https URLs")
         super().__init__(b"", status, **kwargs)
         self["Location"] = quote(str(url), safe="/#%[]=:;$&()+,!?*@'~")
 
@@ -1752,6 +1783,12 @@ def is_safe_url(url: str | None, allowed_hosts: str | Iterable[str] | None = Non
     if isinstance(allowed_hosts, str):
         allowed_hosts = {allowed_hosts}
     hosts = {h.lower() for h in allowed_hosts or ()}
+    request = _current_request.get()
+    if request is not None:  # "same host": the one this request came to
+        try:
+            hosts.add(request.host)
+        except BadRequest:
+            pass
     # Browsers read a backslash as a slash, so check both spellings.
     return (_is_safe_url(url, hosts, require_https)
             and _is_safe_url(url.replace("\\", "/"), hosts, require_https))
@@ -2704,6 +2741,13 @@ class _Converter:
         return quote(text, safe=self.safe)
 
 
+def _to_finite_float(text: str) -> float:
+    value = float(text)
+    if value == float("inf"):  # 400 nines: not a path this route serves
+        raise ValueError(text)
+    return value
+
+
 def _to_uuid(text: str) -> Any:
     import uuid
     return uuid.UUID(text)
@@ -2712,7 +2756,7 @@ def _to_uuid(text: str) -> Any:
 _CONVERTERS: dict[str, _Converter] = {
     "str": _Converter(r"[^/]+"),
     "int": _Converter(r"[0-9]+", int),
-    "float": _Converter(r"[0-9]+(?:\.[0-9]+)?", float),
+    "float": _Converter(r"[0-9]+(?:\.[0-9]+)?", _to_finite_float),
     "path": _Converter(r".+", safe="/"),
     "slug": _Converter(r"[-a-zA-Z0-9_]+"),
     "uuid": _Converter(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
@@ -2731,7 +2775,6 @@ class Route:
         "_parts",
         "_positional",
         "converters",
-        "index",
         "kwargs",
         "literal",
         "literal_prefix",
@@ -2753,7 +2796,6 @@ class Route:
         self.methods = self._allowed_methods(view, methods)
         self.name = name
         self.kwargs = dict(kwargs or {})
-        self.index = 0
         self.converters: dict[str, _Converter] = {}
         self.literal: str | None = None
         self.literal_prefix = ""
@@ -2989,8 +3031,9 @@ class Resolver:
         self._static: dict[str, list[Route]] = {}
         self._by_name: dict[str, list[Route]] = {}
         by_prefix: dict[str, list[Route]] = {"": []}
-        for index, item in enumerate(self.routes):
-            item.index = index
+        # Registration order lives here, not on the Route: one Route may serve two Apps.
+        self._order = {item: index for index, item in reversed(list(enumerate(self.routes)))}
+        for item in self.routes:
             if item.name:
                 self._by_name.setdefault(item.name, []).append(item)
             if item.literal is not None:
@@ -3007,12 +3050,12 @@ class Resolver:
         self.first_static = {path: routes[0] for path, routes in self._static.items()
                              if self.candidates(path)[0] is routes[0]
                              and not any(r.match(path) for r in self.candidates(path)
-                                         if r.index < routes[0].index)}
+                                         if self._order[r] < self._order[routes[0]])}
 
     def _bucket(self, prefix: str, by_prefix: dict[str, list[Route]]) -> list[Route]:
         shorter = [key for key in by_prefix if prefix.startswith(key)]
         routes = self._anywhere + [r for key in shorter for r in by_prefix[key]]
-        return sorted(routes, key=lambda r: r.index)
+        return sorted(routes, key=self._order.__getitem__)
 
     def candidates(self, path: str) -> list[Route]:
         """The routes that may match `path`, in registration order."""
@@ -3027,7 +3070,7 @@ class Resolver:
             return dynamic
         if not dynamic:
             return static
-        return sorted(static + dynamic, key=lambda r: r.index)
+        return sorted(static + dynamic, key=self._order.__getitem__)
 
     def resolve(self, path: str, method: str) -> tuple[Route, tuple[Any, ...], dict[str, Any]]:
         """The first route matching path and method; Http404, or MethodNotAllowed with the
@@ -3037,7 +3080,7 @@ class Resolver:
             found = item.match(path)
             if found is None:
                 continue
-            if method in item.methods if item.methods is not None else method != "OPTIONS":
+            if item.accepts(method):
                 return item, found[0], found[1]
             allowed.update(item.allowed())
         if allowed:
@@ -3110,9 +3153,7 @@ def _static_response(request: Request, path: str, stat: os.stat_result) -> HttpR
     last_modified = _http_date(stat.st_mtime)
     validators = {"ETag": etag, "Last-Modified": last_modified, "Accept-Ranges": "bytes"}
     if _not_modified(request.environ, etag, stat.st_mtime):
-        response = HttpResponse(status=304, headers=validators)
-        del response["Content-Type"]
-        return response
+        return HttpResponse(status=304, headers=validators)  # no Content-Type: see _BODILESS
     byte_range = _requested_range(request.environ, etag, stat.st_size)
     if byte_range is not None and not byte_range:
         return HttpResponse(status=416, headers={"Content-Range": f"bytes */{stat.st_size}"})
@@ -3282,9 +3323,6 @@ def _name_of(thing: Any) -> str:
     return f"{module}.{name}" if module and module != "builtins" else name
 
 
-_ERROR_STATUSES = (400, 403, 404, 405, 413, 500)
-
-
 class App:
     """The WSGI application: routes, the middleware onion and error handling, configured by
     its arguments alone."""
@@ -3305,7 +3343,10 @@ class App:
         self.debug = debug
         if request_class is not None:
             self.request_class = request_class
-        self.allowed_hosts = None if allowed_hosts is None else [h.lower() for h in allowed_hosts]
+        if isinstance(allowed_hosts, str):
+            allowed_hosts = [allowed_hosts]
+        self.allowed_hosts = (None if allowed_hosts is None
+                              else [h.lower().rstrip(".") for h in allowed_hosts])
         self.secret_key = secret_key
         self.max_body_size = max_body_size
         self.max_form_fields = max_form_fields
@@ -3396,8 +3437,6 @@ class App:
                 self._adapt_hooks(instance)
                 handler = convert_exception_to_response(instance, self)
             self.resolver  # noqa: B018 (compile the routes before serving)
-            if not _STATUS_LINES:
-                _STATUS_LINES.update(_all_status_lines())
             self._middleware_chain = handler
             return handler
 
@@ -3415,22 +3454,22 @@ class App:
     def __call__(self, environ: dict[str, Any],
                  start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The PEP 3333 entry point."""
-        chain = self._middleware_chain or self.load_middleware()
+        if self._middleware_chain is None:
+            self.load_middleware()
         if request_started.receivers:
             request_started.send(sender=type(self), environ=environ)
         request = self.request_class(environ, self)
         environ["microhandler.request"] = request
         token = _current_request.set(request)
         try:
-            response = self.get_response(request, chain)
+            response = self.get_response(request)
         finally:
             _current_request.reset(token)
         return self._start_response(request, response, start_response)
 
-    def get_response(self, request: Request,
-                     chain: Callable[[Request], HttpResponse] | None = None) -> HttpResponse:
+    def get_response(self, request: Request) -> HttpResponse:
         """Run the request through the middleware onion; always returns a response."""
-        chain = chain or self._middleware_chain or self.load_middleware()
+        chain = self._middleware_chain or self.load_middleware()
         if self.allowed_hosts is None:
             response = chain(request)
         else:
@@ -3485,8 +3524,7 @@ class App:
         method = request.method
         resolver = self._resolver or self.resolver
         item = resolver.first_static.get(path)
-        if item is not None and (method in item.methods if item.methods is not None
-                                 else method != "OPTIONS"):
+        if item is not None and item.accepts(method):
             # PERF: a literal path whose route is known, at start-up, to be tried first.
             request._route_found = (item, (), item.kwargs.copy())
             return item.view, (), request._route_found[2]
@@ -3532,7 +3570,7 @@ class App:
         (body, status) or (body, status, headers)."""
         if isinstance(value, HttpResponse):
             return value
-        if type(value) is str or isinstance(value, (str, bytes)):
+        if isinstance(value, (str, bytes)):
             return HttpResponse(value)
         if isinstance(value, (dict, list)):
             return JsonResponse(value)
@@ -3631,11 +3669,6 @@ class App:
             response._closed = True
             return [response._content]
         return response
-
-
-def _all_status_lines() -> dict[int, str]:
-    from http import HTTPStatus
-    return {int(status): f"{int(status)} {status.phrase}" for status in HTTPStatus}
 
 
 _STATUS_LINES: dict[int, str] = {}
@@ -3925,7 +3958,9 @@ class Client:
         captured: list[BaseException] = []
 
         def capture(sender: Any, request: Any = None, exc: Any = None, **kwargs: Any) -> None:
-            captured.append(exc)
+            # The signal is global: keep only this call's exception, not another thread's.
+            if getattr(request, "environ", None) is environ:
+                captured.append(exc)
 
         got_request_exception.connect(capture)
         started: list[Any] = []

@@ -8949,3 +8949,144 @@ def test_empty_file_input_is_no_upload_and_fields_keep_their_charset() -> None:
     probe(lambda r: (r.POST.dict(), list(r.FILES)), req_make_environ("POST", body=body,
                                                                   content_type=content_type))
     assert probe.value == ({"name": "José"}, [])
+
+
+# ============================================================================
+# fixes from a review: each test names the behaviour a user relies on
+# ============================================================================
+
+def test_two_apps_sharing_route_objects_keep_their_own_order() -> None:
+    def slug(request, slug):
+        return "slug"
+
+    def new(request):
+        return "new"
+
+    shared = [route("/items/<slug>", slug), route("/items/new", new)]
+    first, second = App(shared), App(list(reversed(shared)))
+    assert Client(second).get("/items/new").text == "new"
+    assert Client(first).get("/items/new").text == "slug"  # first match wins, per App
+
+
+def test_json_with_a_slow_codec_charset_is_refused() -> None:
+    app = App()
+
+    @app.route("/j", methods=["POST"])
+    def j(request):
+        return {"ok": request.json}
+
+    body = b"-" + b"99" * 5000
+    response = Client(app).post("/j", body=body, content_type="application/json; charset=punycode")
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("text", ['{"a": "\\ud800"}', '["\\udfff x"]', '{"a": 1e999}'])
+def test_json_that_no_response_could_carry_is_a_400(text: str) -> None:
+    app = App()
+
+    @app.route("/j", methods=["POST"])
+    def j(request):
+        return request.json
+
+    response = Client(app).post("/j", body=text.encode(), content_type="application/json")
+    assert response.status_code == 400
+    paired = Client(app).post("/j", body=b'["\\ud83d\\ude00"]', content_type="application/json")
+    assert paired.status_code == 200 and paired.json() == ["\U0001F600"]
+
+
+def test_unsafe_redirect_error_does_not_repeat_the_url() -> None:
+    app = App()
+
+    @app.route("/go")
+    def go(request):
+        return HttpResponseRedirect(request.GET["next"])
+
+    for target in ("javascript:alert('<b>x</b>')", "http://[<script>evil"):
+        response = Client(app).get("/go", query={"next": target})
+        assert response.status_code == 400
+        assert b"script" not in response.content and b"<b>" not in response.content
+
+
+def test_test_clients_in_threads_do_not_see_each_others_exceptions() -> None:
+    app = App()
+    release = threading.Event()
+
+    @app.route("/slow")
+    def slow(request):
+        release.wait(5)
+        return "slow"
+
+    @app.route("/boom")
+    def boom(request):
+        raise KeyError("boom")
+
+    results: dict[str, Any] = {}
+
+    def run_slow() -> None:
+        try:
+            results["slow"] = Client(app).get("/slow").status_code
+        except Exception as exc:  # the bug: another request's KeyError arrived here
+            results["slow"] = exc
+
+    thread = threading.Thread(target=run_slow)
+    thread.start()
+    try:
+        with pytest.raises(KeyError):
+            Client(app).get("/boom")
+    finally:
+        release.set()
+        thread.join(10)
+    assert results["slow"] == 200
+
+
+def test_copying_a_multidict_keeps_repeated_values() -> None:
+    original = QueryDict("a=1&a=2&b=3")
+    assert QueryDict(original).getlist("a") == ["1", "2"]
+    assert MhMultiDict(original).getlist("a") == ["1", "2"]
+
+
+def test_allowed_hosts_given_as_one_string() -> None:
+    app = App(allowed_hosts="example.com")
+
+    @app.route("/")
+    def index(request):
+        return "ok"
+
+    assert Client(app, host="example.com").get("/").status_code == 200
+    assert Client(app, host="e").get("/").status_code == 400
+
+
+def test_float_route_value_that_overflows_does_not_match() -> None:
+    app = App()
+
+    @app.route("/f/<float:v>")
+    def f(request, v):
+        return str(v)
+
+    assert Client(app).get("/f/1.5").text == "1.5"
+    assert Client(app).get("/f/" + "9" * 400).status_code == 404
+
+
+def test_empty_form_fields_do_not_count_towards_the_limit() -> None:
+    app = App(max_form_fields=2)
+
+    @app.route("/f", methods=["POST"])
+    def f(request):
+        return request.POST.dict()
+
+    form = "application/x-www-form-urlencoded"
+    assert Client(app).post("/f", body=b"a=1&&&b=2&", content_type=form).json() == {
+        "a": "1", "b": "2"}
+    assert Client(app).post("/f", body=b"a=1&b=2&c=3", content_type=form).status_code == 400
+
+
+def test_is_safe_url_accepts_the_requests_own_host() -> None:
+    app = App()
+
+    @app.route("/check")
+    def check(request):
+        return {"own": is_safe_url("http://testserver/x"),
+                "other": is_safe_url("http://evil.example/x")}
+
+    assert Client(app).get("/check").json() == {"own": True, "other": False}
+    assert is_safe_url("http://testserver/x") is False  # outside a request: no "same host"
