@@ -960,15 +960,21 @@ def _holds_lone_surrogate(data: Any) -> bool:
     return False
 
 
-def _finite_json_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise BadRequest("Invalid JSON body: a number too large for a float")
-    return value
-
-
 def _refuse_json_constant(name: str) -> Any:
     raise BadRequest(f"Invalid JSON body: {name} is not JSON (RFC 8259)")
+
+
+_json_decoder: Any = None
+
+
+def _strict_json_decoder() -> Any:
+    """One decoder for every request (json.loads with options builds one per call) that
+    refuses NaN and Infinity, which RFC 8259 does not allow."""
+    global _json_decoder
+    if _json_decoder is None:
+        import json
+        _json_decoder = json.JSONDecoder(parse_constant=_refuse_json_constant)
+    return _json_decoder
 
 
 class Request:
@@ -1159,8 +1165,7 @@ class Request:
         except (ValueError, LookupError):
             raise BadRequest("The JSON body does not decode with its charset") from None
         try:
-            data = json.loads(text, parse_constant=_refuse_json_constant,
-                              parse_float=_finite_json_float)
+            data = _strict_json_decoder().decode(text)
         except json.JSONDecodeError as exc:
             # Only the position: the message never repeats what the client sent.
             raise BadRequest(f"Invalid JSON body: {exc.msg} at line {exc.lineno} "

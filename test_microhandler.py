@@ -8980,7 +8980,7 @@ def test_json_with_a_slow_codec_charset_is_refused() -> None:
     assert response.status_code == 400
 
 
-@pytest.mark.parametrize("text", ['{"a": "\\ud800"}', '["\\udfff x"]', '{"a": 1e999}'])
+@pytest.mark.parametrize("text", ['{"a": "\\ud800"}', '["\\udfff x"]'])
 def test_json_that_no_response_could_carry_is_a_400(text: str) -> None:
     app = App()
 
