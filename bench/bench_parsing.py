@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import quote_plus
 
+from bench_frameworks import calibrate  # the same calibration for every benchmark here
 from werkzeug.wrappers import Request as WZRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,16 +221,6 @@ def runner(case: Case, lib: str) -> Callable[[int], float]:
             parse(env)
         return perf_counter() - t0
     return run
-
-
-def calibrate(run: Callable[[int], float], batch_s: float) -> int:
-    n = 1
-    while True:
-        took = run(n)
-        if took >= batch_s / 5 or n >= 1_000_000:
-            break
-        n *= 4
-    return max(1, round(n * batch_s / max(took, 1e-9)))
 
 
 def measure(cases: list[Case], repeats: int, batch_s: float) -> None:
