@@ -1316,6 +1316,13 @@ def _unsign_cookie(secret: bytes, name: str, signed: str, max_age: float | None)
 
 
 _DEFAULT_CONTENT_TYPE = ("Content-Type", "text/html; charset=utf-8")
+_CHARSET_PARAM = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
+
+
+def _charset_of(content_type: str) -> str:
+    """The charset a Content-Type value names, else UTF-8."""
+    match = _CHARSET_PARAM.search(content_type)
+    return match.group(1) if match else "utf-8"
 
 
 class HttpResponse:
@@ -1369,9 +1376,7 @@ class HttpResponse:
             return self._charset
         content_type = self._headers.get("content-type")
         if content_type and content_type is not _DEFAULT_CONTENT_TYPE:
-            match = re.search(r"charset=\"?([\w.:-]+)", content_type[1], re.I)
-            if match:
-                return match.group(1)
+            return _charset_of(content_type[1])
         return "utf-8"
 
     @charset.setter
@@ -3734,7 +3739,6 @@ def _render_without_app(template_name: str, context: Mapping[str, Any],
 
 def _debug_page(request: Request, exc: BaseException) -> str:
     """The debug=True page for a 500: static, escaped text (no code runs from it)."""
-    import html
     import traceback
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     environ = request.environ
@@ -3742,7 +3746,7 @@ def _debug_page(request: Request, exc: BaseException) -> str:
             f"{environ.get('PATH_INFO', '')}"
             + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else ""))
     headers = "\n".join(f"{name}: {value}" for name, value in request.headers.items())
-    esc = html.escape
+    esc = _escape_html
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
             f"{esc(type(exc).__name__)} at {esc(line)}</title></head><body>"
             f"<h1>{esc(type(exc).__name__)}: {esc(str(exc))}</h1>"
@@ -3770,8 +3774,7 @@ class ClientResponse:
 
     @property
     def text(self) -> str:
-        match = re.search(r"charset=\"?([\w.:-]+)", self.headers.get("Content-Type", ""), re.I)
-        return self.content.decode(match.group(1) if match else "utf-8", "replace")
+        return self.content.decode(_charset_of(self.headers.get("Content-Type", "")), "replace")
 
     def json(self) -> Any:
         import json
