@@ -23,10 +23,11 @@ if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers
     import argparse
     import socket
     import subprocess
-    from typing import IO, Any
+    from typing import IO, Any, TypeVar
 
     _StrMapping = Mapping[str, Any]
     _HeaderMapping = Mapping[str, str]
+    _F = TypeVar("_F", bound=Callable[..., Any])
 else:
     _StrMapping = _HeaderMapping = Mapping
 from urllib.parse import quote, unquote_to_bytes, urlsplit
@@ -42,8 +43,9 @@ __all__ = [
     "Signal", "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader",
     "TemplateResponse", "UploadedFile", "View", "check_header",
     "convert_exception_to_response", "escape", "got_request_exception", "include",
-    "is_safe_url", "main", "make_server", "mark_safe", "parse_query_string", "redirect",
-    "request_finished", "request_started", "route", "serve", "static",
+    "is_safe_url", "main", "make_server", "mark_safe", "markcoroutinefunction",
+    "parse_query_string", "redirect", "request_finished", "request_started", "route", "serve",
+    "static",
 ]
 
 
@@ -3295,6 +3297,40 @@ def convert_exception_to_response(get_response: Callable[[Request], HttpResponse
     return inner
 
 
+# Coroutine functions are told apart without importing inspect or asyncio (import time):
+# the code flag for `async def`, or a mark left by markcoroutinefunction() (ours and
+# Python 3.12's inspect use the same attribute; asgiref's older mark is `_is_coroutine`).
+_CO_COROUTINE = 0x80
+_COROUTINE_MARK = getattr(sys.modules.get("inspect"), "_is_coroutine_mark", object())
+
+
+def markcoroutinefunction(func: _F) -> _F:
+    """Mark `func` (a function, or a middleware instance) as async, so the chain builder
+    awaits what it returns: Django's `markcoroutinefunction`."""
+    func._is_coroutine_marker = _COROUTINE_MARK  # type: ignore[attr-defined]
+    return func
+
+
+def _is_async(func: Any) -> bool:
+    """Whether calling `func` returns an awaitable: `async def`, marked, or an object whose
+    `__call__` is `async def`; functools.partial and bound methods are looked through."""
+    while True:
+        if getattr(func, "_is_coroutine_marker", None) is _COROUTINE_MARK:
+            return True
+        if getattr(func, "_is_coroutine", None) is not None and "asyncio" in sys.modules:
+            return func._is_coroutine is sys.modules["asyncio"].coroutines._is_coroutine
+        inner = getattr(func, "__func__", None) or getattr(func, "func", None)
+        if inner is None or inner is func:
+            break
+        func = inner
+    code = getattr(func, "__code__", None)
+    if code is None and not isinstance(func, type):
+        call = next((k.__dict__["__call__"] for k in type(func).__mro__
+                     if "__call__" in k.__dict__), None)
+        code = getattr(call, "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+
+
 def _import_string(dotted_path: str) -> Any:
     import importlib
     module_path, _, attribute = dotted_path.rpartition(".")
@@ -3347,7 +3383,12 @@ class App:
                  max_form_fields: int = 1000, template_dirs: Iterable[str] = (),
                  renderer: Callable[[str, dict[str, Any], Request | None], str] | None = None,
                  append_slash: bool = False,
-                 error_handlers: Mapping[int, Callable[..., Any]] | None = None) -> None:
+                 error_handlers: Mapping[int | type[BaseException], Callable[..., Any]]
+                 | None = None,
+                 template_filters: Mapping[str, Callable[..., Any]] | None = None,
+                 database: Callable[[], Any] | None = None, atomic_requests: bool = False,
+                 on_startup: Iterable[Callable[[], Any]] = (),
+                 on_shutdown: Iterable[Callable[[], Any]] = ()) -> None:
         self._routes: list[Route] = list(_flatten_routes(routes))
         self.middleware: list[Any] = list(middleware)
         self.debug = debug
@@ -3363,7 +3404,13 @@ class App:
         self.template_dirs = [os.fspath(d) for d in template_dirs]
         self.renderer = renderer
         self.append_slash = append_slash
-        self.error_handlers: dict[int, Callable[..., Any]] = dict(error_handlers or {})
+        self.error_handlers: dict[int | type[BaseException], Callable[..., Any]] = dict(
+            error_handlers or {})
+        self.template_filters: dict[str, Callable[..., Any]] = dict(template_filters or {})
+        self.database = database
+        self.atomic_requests = atomic_requests
+        self.on_startup: list[Callable[[], Any]] = list(on_startup)
+        self.on_shutdown: list[Callable[[], Any]] = list(on_shutdown)
         self._middleware_chain: Callable[[Request], HttpResponse] | None = None
         self._resolver: Resolver | None = None
         self._templates: Any = None
