@@ -15,7 +15,16 @@ import operator
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -28,6 +37,11 @@ if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers
     _StrMapping = Mapping[str, Any]
     _HeaderMapping = Mapping[str, str]
     _F = TypeVar("_F", bound=Callable[..., Any])
+    # A request's journey: yields (function, args, kwargs, offload), returns the response.
+    _Receive = Callable[[], Awaitable[dict[str, Any]]]
+    _Send = Callable[[dict[str, Any]], Awaitable[None]]
+    _Journey = Generator[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], bool],
+                         Any, Any]
 else:
     _StrMapping = _HeaderMapping = Mapping
 from urllib.parse import quote, unquote_to_bytes, urlsplit
@@ -354,6 +368,18 @@ class Signal:
     def send(self, sender: Any, **kwargs: Any) -> list[tuple[Callable[..., Any], Any]]:
         """Call every receiver; a receiver's exception propagates to the sender."""
         return [(receiver, receiver(sender, **kwargs)) for receiver in self.receivers]
+
+    def send_robust(self, sender: Any, **kwargs: Any) -> list[tuple[Callable[..., Any], Any]]:
+        """Call every receiver; one that raises is logged and its exception returned in
+        its place, so the others still run. The framework's own signals are sent so."""
+        results: list[tuple[Callable[..., Any], Any]] = []
+        for receiver in self.receivers:
+            try:
+                results.append((receiver, receiver(sender, **kwargs)))
+            except Exception as exc:
+                _log.exception("Signal receiver %s of %s failed", _name_of(receiver), self)
+                results.append((receiver, exc))
+        return results
 
     def __repr__(self) -> str:
         return f"<Signal {self.name}>"
@@ -1331,11 +1357,14 @@ class HttpResponse:
     """A response with its body in memory. Headers are set like a dict: `r["X-A"] = "1"`."""
 
     streaming = False
+    is_async = False  # a streaming body that is an async iterator
     # A class attribute, so the handler's "does it need rendering?" test costs no exception.
     render: Any = None
+    is_rendered = True
     # PERF: defaults live on the class; an instance sets only what differs.
     _reason_phrase: str | None = None
     _closed = False
+    _logged = False  # set on a response whose error was logged already
     _resource_closers: Sequence[Callable[[], Any]] = ()
 
     def __init__(self, content: Any = b"", status: int = 200, content_type: str | None = None,
@@ -1538,7 +1567,7 @@ class HttpResponse:
                 closer()
         finally:
             if request_finished.receivers:
-                request_finished.send(sender=type(self))
+                request_finished.send_robust(sender=type(self))
 
 
 class _ResponseHeaders(Mapping):
@@ -1649,13 +1678,21 @@ class StreamingHttpResponse(HttpResponse):
 
     @property
     def streaming_content(self) -> Iterator[bytes]:
+        """The body's chunks as bytes: an async iterator when `is_async`."""
+        if self.is_async:
+            return self._async_chunks()  # type: ignore[return-value]
         return map(self._to_bytes, self._iterable)
 
     @streaming_content.setter
     def streaming_content(self, value: Iterable[Any]) -> None:
         self._iterable = value
+        self.is_async = hasattr(value, "__aiter__")
         if hasattr(value, "close"):
             self.add_closer(value.close)
+
+    async def _async_chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._iterable:  # type: ignore[attr-defined]
+            yield self._to_bytes(chunk)
 
     @property
     def content(self) -> bytes:
@@ -1672,10 +1709,20 @@ class StreamingHttpResponse(HttpResponse):
         raise AttributeError(f"{type(self).__name__} has no .text")
 
     def __iter__(self) -> Iterator[bytes]:
+        if self.is_async:  # under WSGI: each chunk awaited on the worker thread's loop
+            return _chunks_from_async(self._async_chunks())
         return self.streaming_content
 
     def getvalue(self) -> bytes:
         return b"".join(self.streaming_content)
+
+
+def _chunks_from_async(chunks: AsyncIterator[bytes]) -> Iterator[bytes]:
+    while True:
+        try:
+            yield _await_from_sync(anext(chunks))
+        except StopAsyncIteration:
+            return
 
 
 class FileResponse(StreamingHttpResponse):
@@ -1830,8 +1877,8 @@ class TemplateResponse(HttpResponse):
 
     def __init__(self, template: str, context: Mapping[str, Any] | None = None,
                  status: int = 200, content_type: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(b"", status, content_type, headers)
+                 headers: Mapping[str, str] | None = None, charset: str | None = None) -> None:
+        super().__init__(b"", status, content_type, headers, charset)
         self.template_name = template
         self.context_data: dict[str, Any] = dict(context or {})
         self.is_rendered = False
@@ -1845,7 +1892,9 @@ class TemplateResponse(HttpResponse):
 
     @content.setter
     def content(self, value: Any) -> None:
+        # As in Django: content set by hand is the rendered content; render() keeps it.
         HttpResponse.content.fset(self, value)  # type: ignore[attr-defined]
+        self.is_rendered = True
 
     def render(self) -> TemplateResponse:
         """Render the template (once) with the request's App renderer."""
@@ -1854,7 +1903,6 @@ class TemplateResponse(HttpResponse):
             app = request.app if request is not None else None
             renderer = app.render_template if app is not None else _render_without_app
             self.content = renderer(self.template_name, self.context_data, request)
-            self.is_rendered = True
         return self
 
     def __iter__(self) -> Iterator[bytes]:
@@ -2777,6 +2825,8 @@ _CONVERTERS: dict[str, _Converter] = {
 _PLACEHOLDER = re.compile(r"<(?:(?P<converter>[A-Za-z_]\w*):)?(?P<name>[A-Za-z_]\w*)>")
 # Every HTTP method a view with methods=None accepts; OPTIONS is answered for it.
 _ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# A WebSocket route's only "method": not an HTTP token (":"), so no HTTP request has it.
+_WEBSOCKET = "WEBSOCKET:"
 
 
 class Route:
@@ -2800,7 +2850,9 @@ class Route:
 
     def __init__(self, pattern: str, view: Callable[..., Any],
                  methods: Iterable[str] | None = None, name: str | None = None,
-                 kwargs: Mapping[str, Any] | None = None) -> None:
+                 kwargs: Mapping[str, Any] | None = None, websocket: bool = False) -> None:
+        if websocket:
+            methods = (_WEBSOCKET,)
         if not callable(view):
             raise ImproperlyConfigured(f"The view of route {pattern!r} is not callable: {view!r}")
         self.pattern = pattern
@@ -2911,11 +2963,13 @@ class Route:
     def accepts(self, method: str) -> bool:
         methods = self.methods
         if methods is None:
-            return method != "OPTIONS"
+            return method != "OPTIONS" and method != _WEBSOCKET
         return method in methods
 
     def allowed(self) -> Iterable[str]:
-        return _ALL_METHODS if self.methods is None else self.methods | {"OPTIONS"}
+        if self.methods is None:
+            return _ALL_METHODS
+        return self.methods if _WEBSOCKET in self.methods else self.methods | {"OPTIONS"}
 
     def build(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
         """The path for these values, or None when they do not fit this route."""
@@ -2978,9 +3032,11 @@ def _regex_literal(text: str) -> str | None:
 
 
 def route(pattern: str, view: Callable[..., Any], methods: Iterable[str] | None = None,
-          name: str | None = None, kwargs: Mapping[str, Any] | None = None) -> Route:
-    """A route for an App's `routes` list: `route("/items/<int:id>", item, name="item")`."""
-    return Route(pattern, view, methods, name, kwargs)
+          name: str | None = None, kwargs: Mapping[str, Any] | None = None,
+          websocket: bool = False) -> Route:
+    """A route for an App's `routes` list: `route("/items/<int:id>", item, name="item")`;
+    `websocket=True` for an `async def handler(ws, ...)`."""
+    return Route(pattern, view, methods, name, kwargs, websocket)
 
 
 def include(prefix: str, routes: Iterable[Route | Iterable[Route]]) -> list[Route]:
@@ -3282,21 +3338,6 @@ class View:
 
 # ---------------------------------------------------------------- middleware and App
 
-def convert_exception_to_response(get_response: Callable[[Request], HttpResponse],
-                                  app: App) -> Callable[[Request], HttpResponse]:
-    """Wrap one layer of the onion so that whatever it raises leaves it as a response:
-    the layers outside see a 404 or a 500 response, never an exception."""
-
-    def inner(request: Request) -> HttpResponse:
-        try:
-            return get_response(request)
-        except Exception as exc:
-            return app.response_for_exception(request, exc)
-
-    inner.__wrapped__ = get_response  # type: ignore[attr-defined]
-    return inner
-
-
 # Coroutine functions are told apart without importing inspect or asyncio (import time):
 # the code flag for `async def`, or a mark left by markcoroutinefunction() (ours and
 # Python 3.12's inspect use the same attribute; asgiref's older mark is `_is_coroutine`).
@@ -3329,6 +3370,76 @@ def _is_async(func: Any) -> bool:
                      if "__call__" in k.__dict__), None)
         code = getattr(call, "__code__", None)
     return code is not None and bool(code.co_flags & _CO_COROUTINE)
+
+
+# Sync code called from the ASGI server's worker threads finds the server's loop here
+# (asyncio.to_thread copies the context), so a coroutine it must wait for runs there.
+_event_loop: ContextVar[Any] = ContextVar("microhandler_event_loop", default=None)
+_thread_state = _thread._local()
+
+
+def _await_from_sync(awaitable: Any) -> Any:
+    """Wait for `awaitable` from sync code: on the ASGI server's loop when called from one
+    of its worker threads, else on this thread's own loop (one per thread, kept)."""
+    import asyncio
+    loop = _event_loop.get()
+    if loop is not None and loop.is_running():
+        if asyncio._get_running_loop() is loop:
+            raise RuntimeError("Sync code on the event loop cannot wait for a coroutine; "
+                               "await it, or run the sync code in a thread")
+        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop).result()
+    own = getattr(_thread_state, "loop", None)
+    if own is None or own.is_closed():
+        own = _thread_state.loop = asyncio.new_event_loop()
+    return own.run_until_complete(awaitable)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+async def _to_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run sync code in the loop's thread pool, with the caller's context variables."""
+    import asyncio
+    return await asyncio.to_thread(function, *args, **kwargs)
+
+
+def convert_exception_to_response(get_response: Callable[[Request], Any],
+                                  app: App) -> Callable[[Request], Any]:
+    """Wrap one layer of the onion so that whatever it raises or returns leaves it as a
+    response: the layers outside see a 404 or a 500 response, never an exception, and a
+    str, dict or (body, status) a layer returned becomes a response as a view's would.
+    The wrapper is async when the layer is."""
+    if _is_async(get_response):
+        async def inner_async(request: Request) -> HttpResponse:
+            try:
+                response = await get_response(request)
+                if not isinstance(response, HttpResponse):
+                    response = app.make_response(response, get_response, _layer_name)
+            except Exception as exc:
+                return await app._drive_async(app._exception_journey(request, exc))
+            return response
+        inner_async.__wrapped__ = get_response  # type: ignore[attr-defined]
+        return inner_async
+
+    def inner(request: Request) -> HttpResponse:
+        try:
+            response = get_response(request)
+            if not isinstance(response, HttpResponse):
+                response = app.make_response(response, get_response, _layer_name)
+        except Exception as exc:
+            return app.response_for_exception(request, exc)
+        return response
+
+    inner.__wrapped__ = get_response  # type: ignore[attr-defined]
+    return inner
+
+
+def _layer_name(layer: Any) -> str:
+    """How an error message names a middleware layer: its function, or Class.__call__."""
+    if hasattr(layer, "__code__") or hasattr(layer, "__func__"):
+        return f"the middleware {_name_of(layer)}"
+    return f"the middleware {_name_of(type(layer))}.__call__"
 
 
 def _import_string(dotted_path: str) -> Any:
@@ -3367,6 +3478,75 @@ def _name_of(thing: Any) -> str:
     name = getattr(thing, "__qualname__", None) or type(thing).__qualname__
     module = getattr(thing, "__module__", None)
     return f"{module}.{name}" if module and module != "builtins" else name
+
+
+def _view_name(view: Any) -> str:
+    return f"The view {_name_of(view)}"
+
+
+def _hook_name(hook: Any) -> str:
+    return f"The middleware hook {_name_of(hook)}"
+
+
+def _handler_name(handler: Any) -> str:
+    return f"The error handler {_name_of(handler)}"
+
+
+def _logged_path(request: Request) -> str:
+    """The request's path for a log line: decoded as UTF-8 (`/café`), controls escaped."""
+    raw = request.environ.get("PATH_INFO", "")
+    return _loggable(raw.encode("latin-1", "replace").decode("utf-8", "replace"))
+
+
+class _Hooks:
+    """One chain's middleware hooks, each with whether it must leave the event loop (a
+    sync hook of a middleware that did not say it is async-capable)."""
+
+    def __init__(self) -> None:
+        self.view: list[tuple[Callable[..., Any], bool]] = []
+        self.template: list[tuple[Callable[..., Any], bool]] = []
+        self.exception: list[tuple[Callable[..., Any], bool]] = []
+
+    def add(self, instance: Any, offload: bool) -> None:
+        # Walking the list from inner to outer: process_view runs outer to inner, so each
+        # goes in front; template and exception hooks run inner to outer, like the response.
+        if hasattr(instance, "process_view"):
+            self.view.insert(0, (instance.process_view, offload))
+        if hasattr(instance, "process_template_response"):
+            self.template.append((instance.process_template_response, offload))
+        if hasattr(instance, "process_exception"):
+            self.exception.append((instance.process_exception, offload))
+
+
+def _middleware_mode(factory: Any, handler_is_async: bool) -> bool:
+    """Django's rule: a middleware runs sync when it can and its inner handler is sync,
+    else async when it can; one that can do neither is a configuration error."""
+    can_sync = getattr(factory, "sync_capable", True)
+    can_async = getattr(factory, "async_capable", False)
+    if not can_sync and not can_async:
+        raise ImproperlyConfigured(f"Middleware {_name_of(factory)} must have at least one "
+                                   "of sync_capable/async_capable set to True")
+    if not handler_is_async and can_sync:
+        return False
+    return bool(can_async)
+
+
+def _adapt_method_mode(is_async: bool, method: Callable[..., Any],
+                       method_is_async: bool) -> Callable[..., Any]:
+    """`method` made callable in the other mode when its mode is not `is_async`: sync code
+    goes to the thread pool, a coroutine runs to completion from the calling thread."""
+    if is_async == method_is_async:
+        return method
+    if is_async:
+        async def to_async(*args: Any) -> Any:
+            return await _to_thread(method, *args)
+        to_async.__wrapped__ = method  # type: ignore[attr-defined]
+        return to_async
+
+    def to_sync(*args: Any) -> Any:
+        return _await_from_sync(method(*args))
+    to_sync.__wrapped__ = method  # type: ignore[attr-defined]
+    return to_sync
 
 
 class App:
@@ -3412,6 +3592,10 @@ class App:
         self.on_startup: list[Callable[[], Any]] = list(on_startup)
         self.on_shutdown: list[Callable[[], Any]] = list(on_shutdown)
         self._middleware_chain: Callable[[Request], HttpResponse] | None = None
+        # One chain per interface, built on first use: index False for WSGI, True for ASGI.
+        self._chains: list[Callable[[Request], Any] | None] = [None, None]
+        self._hooks: list[_Hooks] = [_Hooks(), _Hooks()]
+        self._started = False
         self._resolver: Resolver | None = None
         self._templates: Any = None
         self._lock = _thread.RLock()
@@ -3443,12 +3627,30 @@ class App:
         self.middleware.append(middleware)
         return middleware
 
-    def error_handler(self, status: int) -> Callable[[Any], Any]:
-        """Decorator for `fn(request, exc) -> response`, the page for that error status."""
-        def register(handler: Any) -> Any:
-            self.error_handlers[status] = handler
+    def error_handler(self, status_or_class: int | type[BaseException]) -> Callable[[_F], _F]:
+        """Decorator for `fn(request, exc) -> response`: the page for one error status, or
+        for an exception class and its subclasses (`HttpError`, `Exception`...)."""
+        def register(handler: _F) -> _F:
+            self.error_handlers[status_or_class] = handler
             return handler
         return register
+
+    def websocket(self, pattern: str, name: str | None = None) -> Callable[[_F], _F]:
+        """Decorator for `async def handler(ws, **kwargs)` serving WebSockets on `pattern`."""
+        def register(handler: _F) -> _F:
+            with self._lock:
+                self._routes.append(Route(pattern, handler, name=name, websocket=True))
+                self._resolver = None
+            return handler
+        return register
+
+    @property
+    def asgi(self) -> ASGIHandler:
+        """This App as an ASGI 3 application: `uvicorn module:app.asgi`."""
+        handler = self.__dict__.get("_asgi")
+        if handler is None:
+            handler = self.__dict__["_asgi"] = ASGIHandler(self)
+        return handler
 
     @property
     def resolver(self) -> Resolver:
@@ -3472,49 +3674,51 @@ class App:
         onion = " -> ".join([*names, "view"]) if names else "view (no middleware)"
         return f"middleware: {onion}\nroutes:\n{self.resolver.describe()}"
 
-    # -- building the onion, once
-    def load_middleware(self) -> Callable[[Request], HttpResponse]:
-        """Build the middleware chain (once); the first middleware listed is outermost."""
+    # -- building the onion, once per mode
+    def load_middleware(self, is_async: bool = False) -> Callable[[Request], Any]:
+        """Build the middleware chain for one interface (once); the first middleware listed
+        is outermost. As in Django, a layer is adapted to its neighbour's mode (sync or
+        async) only where the two differ."""
         with self._lock:
-            if self._middleware_chain is not None:
-                return self._middleware_chain
-            self._view_middleware: list[Callable[..., Any]] = []
-            self._template_response_middleware: list[Callable[..., Any]] = []
-            self._exception_middleware: list[Callable[..., Any]] = []
-            handler = convert_exception_to_response(self._get_response, self)
+            chain = self._chains[is_async]
+            if chain is not None:
+                return chain
+            hooks = self._hooks[is_async] = _Hooks()
+            handler = convert_exception_to_response(
+                self._get_response_async if is_async else self._get_response, self)
+            handler_is_async = is_async
             for entry in reversed(self.middleware):
                 factory = _import_string(entry) if isinstance(entry, str) else entry
+                middleware_is_async = _middleware_mode(factory, handler_is_async)
+                adapted = _adapt_method_mode(middleware_is_async, handler, handler_is_async)
                 try:
-                    instance = factory(handler)
-                except MiddlewareNotUsed:
+                    instance = factory(adapted)
+                except MiddlewareNotUsed as exc:
+                    if self.debug:
+                        _log.debug("MiddlewareNotUsed(%r): %s", _name_of(factory), exc or "")
                     continue
                 if instance is None:
                     raise ImproperlyConfigured(f"Middleware factory {_name_of(factory)} "
                                                "returned None; it must return a handler")
-                self._adapt_hooks(instance)
+                hooks.add(instance, offload=is_async and not getattr(
+                    factory, "async_capable", False))
                 handler = convert_exception_to_response(instance, self)
+                handler_is_async = _is_async(handler)
+            handler = _adapt_method_mode(is_async, handler, handler_is_async)
             self.resolver  # noqa: B018 (compile the routes before serving)
-            self._middleware_chain = handler
+            self._chains[is_async] = handler
+            if not is_async:
+                self._middleware_chain = handler
             return handler
-
-    def _adapt_hooks(self, instance: Any) -> None:
-        # Walking the list from inner to outer: process_view runs outer to inner, so each
-        # goes in front; template and exception hooks run inner to outer, like the response.
-        if hasattr(instance, "process_view"):
-            self._view_middleware.insert(0, instance.process_view)
-        if hasattr(instance, "process_template_response"):
-            self._template_response_middleware.append(instance.process_template_response)
-        if hasattr(instance, "process_exception"):
-            self._exception_middleware.append(instance.process_exception)
 
     # -- the request's journey
     def __call__(self, environ: dict[str, Any],
                  start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The PEP 3333 entry point."""
         if self._middleware_chain is None:
-            self.load_middleware()
+            self._start_serving(is_async=False)
         if request_started.receivers:
-            request_started.send(sender=type(self), environ=environ)
+            request_started.send_robust(sender=type(self), environ=environ)
         request = self.request_class(environ, self)
         environ["microhandler.request"] = request
         token = _current_request.set(request)
@@ -3524,55 +3728,109 @@ class App:
             _current_request.reset(token)
         return self._start_response(request, response, start_response)
 
+    def _start_serving(self, is_async: bool) -> None:
+        """Before the first request: run on_startup (once per App) and build the chain."""
+        with self._lock:
+            if not self._started:
+                self._started = True
+                for hook in self.on_startup:
+                    result = hook()
+                    if hasattr(result, "__await__"):
+                        _await_from_sync(result)
+        self.load_middleware(is_async)
+
     def get_response(self, request: Request) -> HttpResponse:
         """Run the request through the middleware onion; always returns a response."""
         chain = self._middleware_chain or self.load_middleware()
+        response = self._check_host(request) or chain(request)
+        return self._finish_response(request, response)
+
+    async def get_response_async(self, request: Request) -> HttpResponse:
+        """The same journey under ASGI: the async chain, awaited."""
+        chain = self._chains[True] or self.load_middleware(is_async=True)
+        response = self._check_host(request) or await chain(request)
+        if response.render is not None and not response.is_rendered:
+            return await _to_thread(self._finish_response, request, response)
+        return self._finish_response(request, response)
+
+    def _check_host(self, request: Request) -> HttpResponse | None:
+        """With allowed_hosts, a request for another host is answered outside the onion:
+        no middleware may answer it."""
         if self.allowed_hosts is None:
-            response = chain(request)
-        else:
-            # Outside the onion: no middleware may answer a request for another host.
-            try:
-                request.host  # noqa: B018 (checks it against allowed_hosts)
-            except BadRequest as exc:
-                response = self.response_for_exception(request, exc)
-            else:
-                response = chain(request)
+            return None
+        try:
+            request.host  # noqa: B018 (checks it against allowed_hosts)
+        except BadRequest as exc:
+            return self.response_for_exception(request, exc)
+        return None
+
+    def _finish_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        if response.render is not None and not response.is_rendered:
+            # A TemplateResponse that a middleware returned goes out rendered too.
+            response = self._drive(self._render_journey(request, response))
         if request._files_to_close:
             response.add_closer(request.close)
-        if response.status_code >= 400 and not getattr(response, "_logged", False):
+        if response.status_code >= 400 and not response._logged:
             self.log_response(request, response)
         return response
 
     def _get_response(self, request: Request) -> HttpResponse:
-        """The centre of the onion: resolve, view middleware, the view, template hooks."""
+        """The centre of the onion under WSGI: the journey, run in this thread."""
+        return self._drive(self._journey(request, self._hooks[False]))
+
+    async def _get_response_async(self, request: Request) -> HttpResponse:
+        """The centre of the onion under ASGI: the same journey, awaited."""
+        return await self._drive_async(self._journey(request, self._hooks[True]))
+
+    def _journey(self, request: Request, hooks: _Hooks) -> _Journey:
+        """Resolve, view middleware, the view, template hooks, render: the decisions, written
+        once for both interfaces. Each call into user code is yielded to the driver as
+        (function, args, kwargs, offload) and its result (or exception) comes back."""
         callback, args, kwargs = self.resolve_request(request)
         response = None
-        for process_view in self._view_middleware:
-            response = process_view(request, callback, args, kwargs)
+        for process_view, offload in hooks.view:
+            response = yield process_view, (request, callback, args, kwargs), {}, offload
             if response is not None:
+                response = self.make_response(response, process_view, _hook_name)
                 break
         if response is None:
             try:
-                response = callback(request, *args, **kwargs)
+                response = yield callback, (request, *args), kwargs, True
             except Exception as exc:
-                response = self.process_exception_by_middleware(exc, request)
+                response = yield from self._offer_exception(exc, request, hooks)
                 if response is None:
                     raise
         if not isinstance(response, HttpResponse):
             response = self.make_response(response, callback)
-        if response.render is not None:
-            for process_template_response in self._template_response_middleware:
-                response = process_template_response(request, response)
+        if response.render is not None and not response.is_rendered:
+            for process_template_response, offload in hooks.template:
+                response = yield process_template_response, (request, response), {}, offload
                 if response is None:
                     raise ValueError(f"{_name_of(process_template_response)} returned None; "
                                      "process_template_response must return a response")
+                response = self.make_response(response, process_template_response, _hook_name)
             try:
-                response = response.render()
+                response = yield from self._render_journey(request, response)
             except Exception as exc:
-                response = self.process_exception_by_middleware(exc, request)
+                response = yield from self._offer_exception(exc, request, hooks)
                 if response is None:
                     raise
         return response
+
+    def _render_journey(self, request: Request, response: HttpResponse) -> _Journey:
+        if response.render is not None and not response.is_rendered:
+            yield response.render, (), {}, True
+        return response
+
+    def _offer_exception(self, exc: Exception, request: Request,
+                         hooks: _Hooks) -> _Journey:
+        """Offer the exception to each process_exception hook, inner first; the first
+        response wins."""
+        for process_exception, offload in hooks.exception:
+            response = yield process_exception, (request, exc), {}, offload
+            if response is not None:
+                return self.make_response(response, process_exception, _hook_name)
+        return None
 
     def resolve_request(self, request: Request) -> tuple[Callable[..., Any], tuple[Any, ...],
                                                          dict[str, Any]]:
@@ -3588,6 +3846,8 @@ class App:
         try:
             item, args, kwargs = resolver.resolve(path, method)
         except MethodNotAllowed as exc:
+            if exc.allowed == [_WEBSOCKET]:
+                raise HttpError(426, "This path serves WebSocket connections only") from None
             if request.method != "OPTIONS":
                 raise
             callback: Callable[..., Any] = _options_view(exc.allowed)
@@ -3598,6 +3858,16 @@ class App:
             request.resolver_match = ResolverMatch(callback, (), {}, None, path)
             return callback, (), {}
         request._route_found = (item, args, kwargs)
+        return item.view, args, kwargs
+
+    def resolve_websocket(self, request: Request) -> tuple[Callable[..., Any],
+                                                          tuple[Any, ...], dict[str, Any]]:
+        """The WebSocket handler for the request's path; Http404 when there is none."""
+        try:
+            item, args, kwargs = self.resolver.resolve(request.path_info, _WEBSOCKET)
+        except MethodNotAllowed:
+            raise Http404() from None
+        request.resolver_match = ResolverMatch(item.view, args, kwargs, item.name, item.pattern)
         return item.view, args, kwargs
 
     def _append_slash_view(self, request: Request) -> Callable[..., Any]:
@@ -3614,17 +3884,52 @@ class App:
 
     def process_exception_by_middleware(self, exc: Exception,
                                         request: Request) -> HttpResponse | None:
-        """Offer the exception to each process_exception hook, inner first; the first
-        response wins."""
-        for process_exception in self._exception_middleware:
-            response = process_exception(request, exc)
-            if response is not None:
-                return self.make_response(response, process_exception)
-        return None
+        """Django's name for offering an exception to the process_exception hooks."""
+        return self._drive(self._offer_exception(exc, request, self._hooks[False]))
 
-    def make_response(self, value: Any, view: Any) -> HttpResponse:
-        """Turn what a view returned into a response: str/bytes, dict/list (JSON),
-        (body, status) or (body, status, headers)."""
+    # -- running a journey: the only place the two interfaces differ
+    def _drive(self, journey: _Journey) -> Any:
+        """Run a journey in this thread. A coroutine that user code returns (an async view
+        under WSGI) runs to completion on this thread's event loop."""
+        try:
+            function, args, kwargs, _ = journey.send(None)
+            while True:
+                try:
+                    result = function(*args, **kwargs)
+                    if hasattr(result, "__await__"):
+                        result = _await_from_sync(result)
+                except Exception as exc:
+                    function, args, kwargs, _ = journey.throw(exc)
+                else:
+                    function, args, kwargs, _ = journey.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _drive_async(self, journey: _Journey) -> Any:
+        """Run a journey on the event loop: coroutines are awaited, and sync code that may
+        block (a view, a sync-only middleware's hook, render) runs in the thread pool."""
+        try:
+            function, args, kwargs, offload = journey.send(None)
+            while True:
+                try:
+                    if offload and not _is_async(function):
+                        result = await _to_thread(function, *args, **kwargs)
+                    else:
+                        result = function(*args, **kwargs)
+                        if hasattr(result, "__await__"):
+                            result = await result
+                except Exception as exc:
+                    function, args, kwargs, offload = journey.throw(exc)
+                else:
+                    function, args, kwargs, offload = journey.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    def make_response(self, value: Any, source: Any = None,
+                      describe: Callable[[Any], str] | None = None) -> HttpResponse:
+        """Turn what a view (or a middleware, hook or error handler: `describe` names it)
+        returned into a response: str/bytes, dict/list (JSON), (body, status) or
+        (body, status, headers)."""
         if isinstance(value, HttpResponse):
             return value
         if isinstance(value, (str, bytes)):
@@ -3633,46 +3938,83 @@ class App:
             return JsonResponse(value)
         if isinstance(value, tuple) and len(value) in (2, 3):
             body, status, *rest = value
-            response = self.make_response(body, view)
+            response = self.make_response(body, source, describe)
             response.status_code = int(status)
             headers = rest[0] if rest else ()
             for name, header in headers.items() if isinstance(headers, Mapping) else headers:
                 response[name] = header
             return response
+        what = (describe or _view_name)(source)
         if value is None:
-            raise ValueError(f"The view {_name_of(view)} returned None; it must return a "
-                             "response, a str, bytes, a dict or list, or (body, status)")
-        raise TypeError(f"The view {_name_of(view)} returned a {type(value).__name__}, which "
-                        "is not a response, str, bytes, dict, list or (body, status) tuple")
+            raise ValueError(f"{what} returned None; it must return a response, a str, "
+                             "bytes, a dict or list, or (body, status)")
+        raise TypeError(f"{what} returned a {type(value).__name__}, which is not a response, "
+                        "str, bytes, dict, list or (body, status) tuple")
 
     # -- errors
     def response_for_exception(self, request: Request, exc: Exception) -> HttpResponse:
         """The error response for an exception that left a layer of the onion."""
-        if isinstance(exc, HttpError):
-            return self.error_response(request, exc, exc.status)
-        if got_request_exception.receivers:
-            got_request_exception.send(sender=type(self), request=request, exc=exc)
-        _log.error("Internal Server Error: %s",
-                   _loggable(request.environ.get("PATH_INFO", "")), exc_info=exc)
-        response = self.error_response(request, exc, 500)
-        response._logged = True  # type: ignore[attr-defined]
-        return response
+        return self._drive(self._exception_journey(request, exc))
 
-    def error_response(self, request: Request, exc: Exception, status: int) -> HttpResponse:
-        """The page for an error status: the App's error_handler if any, else plain text
-        (or, in debug, the traceback page for a 500)."""
-        handler = self.error_handlers.get(status)
+    def _exception_journey(self, request: Request, exc: Exception) -> _Journey:
+        if isinstance(exc, HttpError):
+            status = exc.status
+        else:
+            status = 500
+            self._report_exception(request, exc)
+        handler = self.error_handler_for(exc)
         response = None
         if handler is not None:
             try:
-                response = self.make_response(handler(request, exc), handler)
-            except Exception:
-                _log.exception("The error handler for %s failed", status)
-        if response is None:
+                response = yield handler, (request, exc), {}, True
+                response = self.make_response(response, handler, _handler_name)
+                response = yield from self._render_journey(request, response)
+            except Exception as handler_exc:
+                # As in Django: a failing error handler is a server error of its own.
+                response = yield from self._handler_failed(request, handler, handler_exc)
+                status = 500
+        if not isinstance(response, HttpResponse):
             response = self._default_error_response(request, exc, status)
         if isinstance(exc, MethodNotAllowed) and "allow" not in response._headers:
-            response["Allow"] = ", ".join(sorted(exc.allowed))
+            response["Allow"] = ", ".join(m for m in exc.allowed if m != _WEBSOCKET)
+        elif status == 426 and "upgrade" not in response._headers:
+            response["Upgrade"] = "websocket"
+        if status >= 500:
+            response._logged = True
         return response
+
+    def _handler_failed(self, request: Request, handler: Any, exc: Exception) -> _Journey:
+        """The 500 handler's page for an error handler that raised; the plain 500 page
+        when that one raises too, or there is none."""
+        self._report_exception(request, exc, f"The error handler {_name_of(handler)} failed")
+        fallback = self.error_handlers.get(500)
+        if fallback is not None and fallback is not handler:
+            try:
+                response = yield fallback, (request, exc), {}, True
+                response = self.make_response(response, fallback, _handler_name)
+                return (yield from self._render_journey(request, response))
+            except Exception as fallback_exc:
+                self._report_exception(request, fallback_exc, "The 500 error handler failed")
+        return self._default_error_response(request, exc, 500)
+
+    def error_handler_for(self, exc: BaseException) -> Callable[..., Any] | None:
+        """The handler for `exc`, looked up as Flask does: an HttpError's status first, then
+        classes along the exception's MRO; for any other exception, the MRO, then 500."""
+        handlers = self.error_handlers
+        if not handlers:
+            return None
+        if isinstance(exc, HttpError) and exc.status in handlers:
+            return handlers[exc.status]
+        for cls in type(exc).__mro__:
+            if cls in handlers:
+                return handlers[cls]
+        return None if isinstance(exc, HttpError) else handlers.get(500)
+
+    def _report_exception(self, request: Request, exc: BaseException,
+                          message: str = "Internal Server Error") -> None:
+        if got_request_exception.receivers:
+            got_request_exception.send_robust(sender=type(self), request=request, exc=exc)
+        _log.error("%s: %s", message, _logged_path(request), exc_info=exc)
 
     def _default_error_response(self, request: Request, exc: Exception,
                                 status: int) -> HttpResponse:
@@ -3689,7 +4031,7 @@ class App:
         logger = _log
         log = logger.error if response.status_code >= 500 else logger.warning
         log("%s %s: %s %s", response.status_code, response.reason_phrase,
-            _loggable(request.method), _loggable(request.environ.get("PATH_INFO", "")))
+            _loggable(request.method), _logged_path(request))
 
     # -- templates
     def render_template(self, template_name: str, context: Mapping[str, Any],
@@ -3705,14 +4047,10 @@ class App:
     def _start_response(self, request: Request, response: HttpResponse,
                         start_response: Callable[..., Any]) -> Iterable[bytes]:
         status = response.status_code
-        headers = response.wsgi_headers()
-        bodiless = status in _BODILESS_STATUSES
-        if bodiless:
-            headers = [(k, v) for k, v in headers
-                       if k.lower() not in ("content-type", "content-length")]
+        headers, has_body = _response_headers(response, request.method)
         status_line = response._reason_phrase is None and _STATUS_LINES.get(status)
         start_response(status_line or _status_line(status, response), headers)
-        if bodiless or request.method == "HEAD":
+        if not has_body:
             return _ClosingIterable((), response.close)
         if response.streaming:
             wrapper = request.environ.get("wsgi.file_wrapper")
@@ -3731,6 +4069,16 @@ class App:
 _STATUS_LINES: dict[int, str] = {}
 # RFC 9110: these responses have no body, so no Content-Type or Content-Length either.
 _BODILESS_STATUSES = frozenset([*range(100, 200), 204, 304])
+
+
+def _response_headers(response: HttpResponse,
+                      method: str) -> tuple[list[tuple[str, str]], bool]:
+    """The headers to send, and whether a body goes with them (not for HEAD, 1xx, 204, 304)."""
+    headers = response.wsgi_headers()
+    if response.status_code in _BODILESS_STATUSES:
+        return [(k, v) for k, v in headers
+                if k.lower() not in ("content-type", "content-length")], False
+    return headers, method != "HEAD"
 
 
 def _status_line(status: int, response: HttpResponse) -> str:
@@ -3800,6 +4148,324 @@ def _debug_page(request: Request, exc: BaseException) -> str:
             f"<h2>Request</h2><pre>{esc(line)}</pre>"
             f"<h2>Headers</h2><pre>{esc(headers)}</pre>"
             f"<h2>Traceback</h2><pre>{esc(trace)}</pre></body></html>")
+
+
+# ---------------------------------------------------------------- async and ASGI
+class WebSocketDisconnect(Exception):
+    """The other side closed the WebSocket (or sent what the handler cannot read)."""
+
+    def __init__(self, code: int = 1000, reason: str = "") -> None:
+        super().__init__(f"WebSocket closed with code {code}")
+        self.code = code
+        self.reason = reason
+
+
+class WebSocket:
+    """The `ws` a WebSocket handler gets: accept, receive and send text, bytes or JSON,
+    close, and `async for message in ws` (a str per text frame, bytes per binary one)."""
+
+    def __init__(self, request: Request, receive: _Receive, send: _Send) -> None:
+        self.request = request
+        self.state = "connecting"  # then "connected", then "closed"
+        self._receive = receive
+        self._send = send
+
+    async def accept(self, subprotocol: str | None = None) -> None:
+        if self.state == "connecting":
+            await self._receive()  # the server's websocket.connect
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+        self.state = "connected"
+
+    async def receive(self) -> str | bytes:
+        """The next message; WebSocketDisconnect when the client has gone."""
+        if self.state != "connected":
+            raise RuntimeError(f"WebSocket is {self.state}: receive() needs accept() first")
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self.state = "closed"
+            raise WebSocketDisconnect(message.get("code", 1005), message.get("reason") or "")
+        text = message.get("text")
+        return text if text is not None else message.get("bytes") or b""
+
+    async def receive_text(self) -> str:
+        message = await self._receive_kind(str)
+        assert isinstance(message, str)
+        return message
+
+    async def receive_bytes(self) -> bytes:
+        message = await self._receive_kind(bytes)
+        assert isinstance(message, bytes)
+        return message
+
+    async def receive_json(self) -> Any:
+        import json
+        message = await self.receive()
+        try:
+            return json.loads(message)
+        except ValueError:
+            await self.close(1007)  # RFC 6455: data not consistent with the message type
+            raise WebSocketDisconnect(1007, "invalid JSON") from None
+
+    async def _receive_kind(self, kind: type) -> str | bytes:
+        message = await self.receive()
+        if not isinstance(message, kind):
+            await self.close(1003)  # RFC 6455: a type of data it cannot accept
+            raise WebSocketDisconnect(1003, f"expected a {kind.__name__} message")
+        return message
+
+    async def send_text(self, data: str) -> None:
+        await self._send({"type": "websocket.send", "text": data})
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send({"type": "websocket.send", "bytes": data})
+
+    async def send_json(self, data: Any) -> None:
+        await self.send_text(_compact_json_encoder().encode(data))
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.state == "closed":
+            return
+        if self.state == "connecting":
+            await self._receive()  # the server's websocket.connect comes first
+        self.state = "closed"
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def __aiter__(self) -> WebSocket:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.receive()
+        except WebSocketDisconnect:
+            raise StopAsyncIteration from None
+
+
+
+class ASGIHandler:
+    """The App as an ASGI 3 application (Django's ASGIHandler): `http`, `websocket` and
+    `lifespan` scopes, served by the same routes, middleware, errors, signals and limits.
+    ASGI's vocabulary (scope, receive, send) stays in this section."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle_http(scope, receive, send)
+        elif kind == "websocket":
+            await self.handle_websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self.handle_lifespan(receive, send)
+        else:
+            raise ValueError(f"microhandler cannot serve the ASGI scope type {kind!r}")
+
+    # -- HTTP
+    async def handle_http(self, scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
+        """Receive the body, run the journey while listening for a disconnect, send the
+        response; request_finished is sent once whatever happens."""
+        app = self.app
+        await self._start_serving()
+        environ = _environ_from_scope(scope)
+        if request_started.receivers:
+            request_started.send_robust(sender=type(app), environ=environ)
+        request = app.request_class(environ, app)
+        environ["microhandler.request"] = request
+        token = _current_request.set(request)
+        response: HttpResponse | None = None
+        try:
+            try:
+                received = await self.read_body(receive, request)
+            except HttpError as exc:
+                received = True
+                response = await app._drive_async(app._exception_journey(request, exc))
+                response = app._finish_response(request, response)
+            if received and response is None:
+                response = await self.run_get_response(request, receive)
+            if response is not None:
+                await self.send_response(request, response, send)
+        finally:
+            _current_request.reset(token)
+            if response is not None:
+                response.close()
+            else:  # the client left: nothing is sent, but uploads close and the signal goes
+                request.close()
+                if request_finished.receivers:
+                    request_finished.send_robust(sender=type(app))
+
+    async def read_body(self, receive: _Receive, request: Request) -> bool:
+        """Receive the body into a spooled file, refusing it (413) as soon as it is over
+        max_body_size; False when the client disconnected first."""
+        limit = self.app.max_body_size
+        declared = request.environ.get("CONTENT_LENGTH", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
+        body = _spooled_file()
+        request._files_to_close = [*request._files_to_close, body]
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
+            body.write(chunk)
+            if not message.get("more_body", False):
+                break
+        body.seek(0)
+        request.environ.update({"wsgi.input": body, "CONTENT_LENGTH": str(size)})
+        return True
+
+    async def run_get_response(self, request: Request,
+                               receive: _Receive) -> HttpResponse | None:
+        """The response, or None when the client disconnected first: then the view is
+        cancelled (Django's listen_for_disconnect)."""
+        import asyncio
+        view = asyncio.ensure_future(self.app.get_response_async(request))
+        listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait((view, listener), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listener.cancel()
+            if not view.done():
+                view.cancel()
+        try:
+            return await view
+        except asyncio.CancelledError:
+            if listener.cancelled():
+                raise  # the server cancelled us, not the client
+            return None
+
+    async def listen_for_disconnect(self, receive: _Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def send_response(self, request: Request, response: HttpResponse,
+                            send: _Send) -> None:
+        headers, has_body = _response_headers(response, request.method)
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                for name, value in headers]})
+        if has_body and response.streaming:
+            await self.send_stream(response, send)
+        else:
+            await send({"type": "http.response.body",
+                        "body": response.content if has_body else b""})
+
+    async def send_stream(self, response: HttpResponse, send: _Send) -> None:
+        """Each chunk is sent when it is produced (server-sent events); a sync iterator,
+        a file's blocks among them, is advanced in the thread pool."""
+        if response.is_async:
+            async for chunk in response.streaming_content:  # type: ignore[attr-defined]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        else:
+            chunks = iter(response.streaming_content)  # type: ignore[attr-defined]
+            while (chunk := await _to_thread(next, chunks, None)) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    # -- lifespan
+    async def _start_serving(self) -> None:
+        """Before the first request: on_startup (once per App), then the async chain."""
+        import asyncio
+        _event_loop.set(asyncio.get_running_loop())
+        app = self.app
+        if app._chains[True] is not None:
+            return
+        if not app._started:
+            app._started = True
+            await app._drive_async(_call_each(app.on_startup))
+        app.load_middleware(is_async=True)
+
+    async def handle_lifespan(self, receive: _Receive, send: _Send) -> None:
+        """The lifespan protocol: on_startup before serving, on_shutdown after."""
+        while True:
+            message = await receive()
+            stage = message["type"].rpartition(".")[2]  # "startup" or "shutdown"
+            try:
+                if stage == "startup":
+                    await self._start_serving()
+                else:
+                    await self.app._drive_async(_call_each(self.app.on_shutdown))
+            except Exception as exc:
+                _log.exception("The App's on_%s failed", stage)
+                await send({"type": f"lifespan.{stage}.failed", "message": repr(exc)})
+                return
+            await send({"type": f"lifespan.{stage}.complete"})
+            if stage == "shutdown":
+                return
+
+    # -- WebSocket
+    async def handle_websocket(self, scope: dict[str, Any], receive: _Receive,
+                               send: _Send) -> None:
+        """Run the handler of the WebSocket route; a path with none (or a host that is not
+        allowed) is closed before accept, which the client sees as HTTP 403."""
+        app = self.app
+        await self._start_serving()
+        request = app.request_class(_environ_from_scope(scope), app)
+        socket = WebSocket(request, receive, send)
+        try:
+            if app._check_host(request) is not None:
+                raise PermissionDenied()
+            handler, args, kwargs = app.resolve_websocket(request)
+        except HttpError:
+            await socket.close()
+            return
+        token = _current_request.set(request)
+        try:
+            await handler(socket, *args, **kwargs)
+        except WebSocketDisconnect:
+            pass
+        except Exception as exc:
+            app._report_exception(request, exc, "WebSocket handler failed")
+            await socket.close(1011)
+        finally:
+            _current_request.reset(token)
+            if socket.state != "closed":
+                await socket.close()
+
+
+def _call_each(functions: Iterable[Callable[[], Any]]) -> _Journey:
+    """A journey that calls each function in turn (on_startup, on_shutdown)."""
+    for function in functions:
+        yield function, (), {}, False
+
+
+def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
+    """A PEP 3333 environ for an ASGI scope, so one Request class serves both interfaces.
+    The path is taken from the bytes the server received when it gives them."""
+    raw_path = scope.get("raw_path")
+    path = (unquote_to_bytes(raw_path.partition(b"?")[0]) if raw_path
+            else scope["path"].encode("utf-8")).decode("latin-1")
+    script_name = scope.get("root_path", "").encode("utf-8").decode("latin-1")
+    if script_name and path.startswith(script_name):
+        path = path[len(script_name):]
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client") or ("", 0)
+    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"),
+                                                scope.get("scheme", "http"))
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope.get("method", "GET"), "SCRIPT_NAME": script_name,
+        "PATH_INFO": path, "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_NAME": str(server[0]), "SERVER_PORT": str(server[1] or ""),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "REMOTE_ADDR": str(client[0]), "wsgi.url_scheme": scheme, "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr, "wsgi.version": (1, 0), "wsgi.multithread": True,
+        "wsgi.multiprocess": False, "wsgi.run_once": False, "asgi.scope": scope,
+    }
+    for raw_name, raw_value in scope.get("headers", ()):
+        if b"_" in raw_name:  # as the built-in server: X-User_Id cannot pose as X-User-Id
+            continue
+        key = raw_name.decode("latin-1").upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        value = raw_value.decode("latin-1")
+        if key in environ:
+            value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
+        environ[key] = value
+    return environ
 
 
 # ---------------------------------------------------------------- test client
