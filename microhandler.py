@@ -49,17 +49,17 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "BadHeaderError", "BadRequest", "Client", "ClientResponse", "DisallowedRedirect",
-    "FileResponse", "Headers", "Http404", "HttpError", "HttpResponse", "HttpResponseRedirect",
-    "ImproperlyConfigured", "JsonResponse", "LimitedStream", "MethodNotAllowed",
-    "MiddlewareNotUsed", "MultiDict", "NoReverseMatch", "PermissionDenied", "QueryDict",
-    "Request", "RequestDataTooBig", "Resolver", "ResolverMatch", "Route", "SafeString",
-    "Signal", "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader",
-    "TemplateResponse", "UploadedFile", "View", "check_header",
-    "convert_exception_to_response", "escape", "got_request_exception", "include",
-    "is_safe_url", "main", "make_server", "mark_safe", "markcoroutinefunction",
-    "parse_query_string", "redirect", "request_finished", "request_started", "route", "serve",
-    "static",
+    "ASGIHandler", "App", "BadHeaderError", "BadRequest", "Client", "ClientResponse",
+    "DisallowedRedirect", "FileResponse", "Headers", "Http404", "HttpError", "HttpResponse",
+    "HttpResponseRedirect", "ImproperlyConfigured", "JsonResponse", "LimitedStream",
+    "MethodNotAllowed", "MiddlewareNotUsed", "MultiDict", "NoReverseMatch", "PermissionDenied",
+    "QueryDict", "Request", "RequestDataTooBig", "Resolver", "ResolverMatch", "Route",
+    "SafeString", "Signal", "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader",
+    "TemplateResponse", "UploadedFile", "View", "WebSocket", "WebSocketDisconnect",
+    "WebSocketSession", "check_header", "convert_exception_to_response", "escape",
+    "got_request_exception", "include", "is_safe_url", "main", "make_server", "mark_safe",
+    "markcoroutinefunction", "parse_query_string", "redirect", "request_finished",
+    "request_started", "route", "serve", "static",
 ]
 
 
@@ -3621,7 +3621,7 @@ class App:
 
     def use(self, middleware: Any) -> Any:
         """Append a middleware (the innermost so far); only before the first request."""
-        if self._middleware_chain is not None:
+        if self._chains[False] or self._chains[True]:
             raise ImproperlyConfigured(f"app.use({_name_of(middleware)}) came after the "
                                        "first request: add middleware before serving")
         self.middleware.append(middleware)
@@ -4270,7 +4270,7 @@ class ASGIHandler:
         if request_started.receivers:
             request_started.send_robust(sender=type(app), environ=environ)
         request = app.request_class(environ, app)
-        environ["microhandler.request"] = request
+        environ["microhandler.request"] = scope["microhandler.request"] = request
         token = _current_request.set(request)
         response: HttpResponse | None = None
         try:
@@ -4301,7 +4301,6 @@ class ASGIHandler:
         if declared.isdigit() and int(declared) > limit:
             raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
         body = _spooled_file()
-        request._files_to_close = [*request._files_to_close, body]
         size = 0
         while True:
             message = await receive()
@@ -4316,6 +4315,8 @@ class ASGIHandler:
                 break
         body.seek(0)
         request.environ.update({"wsgi.input": body, "CONTENT_LENGTH": str(size)})
+        if size > _UPLOAD_MEMORY_SIZE:  # on disk: closed with the response, as uploads are
+            request._files_to_close = [*request._files_to_close, body]
         return True
 
     async def run_get_response(self, request: Request,
@@ -4569,11 +4570,13 @@ def _file_specs(name: str, spec: Any) -> list[tuple[str, bytes, str | None]]:
 
 class Client:
     """Calls an app in-process through the full WSGI interface (under wsgiref.validate),
-    keeping cookies between calls, as a browser would."""
+    or through `app.asgi` with `asgi=True`, keeping cookies between calls, as a browser
+    would."""
 
     def __init__(self, app: Callable[..., Any], *, raise_server_exceptions: bool = True,
-                 host: str = "testserver", script_name: str = "") -> None:
+                 asgi: bool = False, host: str = "testserver", script_name: str = "") -> None:
         self.app = app
+        self.asgi = asgi
         self.raise_server_exceptions = raise_server_exceptions
         self.host = host
         self.script_name = script_name
@@ -4674,36 +4677,80 @@ class Client:
 
     def _send(self, method: str, path: str, query: Mapping[str, Any] | None, body: bytes,
               content_type: str | None, headers: Mapping[str, str] | None) -> ClientResponse:
-        from wsgiref.validate import validator
         environ = self._environ(method, path, query, body, content_type, headers)
+        scope = _scope_from_environ(environ) if self.asgi else None
         captured: list[BaseException] = []
 
         def capture(sender: Any, request: Any = None, exc: Any = None, **kwargs: Any) -> None:
             # The signal is global: keep only this call's exception, not another thread's.
-            if getattr(request, "environ", None) is environ:
+            seen = getattr(request, "environ", {})
+            if seen is environ or (scope is not None and seen.get("asgi.scope") is scope):
                 captured.append(exc)
 
         got_request_exception.connect(capture)
-        started: list[Any] = []
         try:
-            def start_response(status: str, response_headers: list[tuple[str, str]],
-                               exc_info: Any = None) -> Callable[[bytes], Any]:
-                started[:] = [status, response_headers]
-                return lambda data: None
-
-            result: Any = validator(self.app)(environ, start_response)
-            try:
-                content = b"".join(result)
-            finally:
-                result.close()
+            if scope is None:
+                status, header_list, content = self._call_wsgi(environ)
+                request = environ.get("microhandler.request")
+            else:
+                status, header_list, content = self._call_asgi(scope, body)
+                request = scope.get("microhandler.request")
         finally:
             got_request_exception.disconnect(capture)
         if captured and self.raise_server_exceptions:
             raise captured[0]
-        response = ClientResponse(started[0], started[1], content,
-                                  environ.get("microhandler.request"), environ)
+        response = ClientResponse(status, header_list, content, request, environ)
         self._store_cookies(response)
         return response
+
+    def _call_wsgi(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        from wsgiref.validate import validator
+        started: list[Any] = []
+
+        def start_response(status: str, response_headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], Any]:
+            started[:] = [status, response_headers]
+            return lambda data: None
+
+        result: Any = validator(self.app)(environ, start_response)
+        try:
+            content = b"".join(result)
+        finally:
+            result.close()
+        return started[0], started[1], content
+
+    def _call_asgi(self, scope: dict[str, Any],
+                   body: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+        """One request through the App's ASGI interface, on an event loop of its own."""
+        import asyncio
+        sent: list[dict[str, Any]] = []
+        incoming = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if incoming:
+                return incoming.pop()
+            await asyncio.Event().wait()  # the client never leaves: wait to be cancelled
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        asyncio.run(_asgi_of(self.app)(scope, receive, send))
+        start = sent[0]
+        status = start["status"]
+        headers = [(name.decode("latin-1"), value.decode("latin-1"))
+                   for name, value in start["headers"]]
+        content = b"".join(message.get("body", b"") for message in sent[1:])
+        return f"{status} {_reason_phrase(status)}", headers, content
+
+    def websocket(self, path: str, subprotocols: Sequence[str] | None = None,
+                  headers: Mapping[str, str] | None = None) -> WebSocketSession:
+        """A WebSocket session with the App (always through `app.asgi`), as a context
+        manager: `with client.websocket("/ws") as ws: ws.send_text("hi")`."""
+        environ = self._environ("GET", path, None, b"", None, headers)
+        scope = _scope_from_environ(environ, "websocket")
+        scope["subprotocols"] = list(subprotocols or ())
+        return WebSocketSession(_asgi_of(self.app), scope)
 
     def _store_cookies(self, response: ClientResponse) -> None:
         from http.cookies import CookieError, SimpleCookie
@@ -4723,6 +4770,125 @@ class Client:
                     # Kept as sent (quoted if the server quoted it), as a browser returns it.
                     self.cookies[key] = morsel.coded_value
                     response.cookies[key] = _unquote_cookie(morsel.coded_value)
+
+
+def _asgi_of(app: Any) -> Callable[..., Any]:
+    return getattr(app, "asgi", app)
+
+
+def _scope_from_environ(environ: dict[str, Any], kind: str = "http") -> dict[str, Any]:
+    """The ASGI scope a server would build for the request the test client describes."""
+    headers = [(key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
+               for key, value in environ.items() if key.startswith("HTTP_")]
+    headers += [(key.replace("_", "-").lower().encode("latin-1"), environ[key].encode("latin-1"))
+                for key in ("CONTENT_TYPE", "CONTENT_LENGTH") if key in environ]
+    full_path = environ["SCRIPT_NAME"] + environ["PATH_INFO"]
+    scheme = environ["wsgi.url_scheme"]
+    return {
+        "type": kind, "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": environ["REQUEST_METHOD"],
+        "scheme": scheme if kind == "http" else {"http": "ws", "https": "wss"}[scheme],
+        "path": full_path.encode("latin-1").decode("utf-8", "replace"),
+        "raw_path": quote(full_path.encode("latin-1"), safe="/").encode("ascii"),
+        "root_path": environ["SCRIPT_NAME"], "headers": headers,
+        "query_string": environ["QUERY_STRING"].encode("latin-1"),
+        "client": (environ["REMOTE_ADDR"], 50000),
+        "server": (environ["SERVER_NAME"], int(environ["SERVER_PORT"])),
+    }
+
+
+class WebSocketSession:
+    """The test client's side of a WebSocket: the App's handler runs on an event loop in
+    a thread of its own, and messages cross over in queues (every wait bounded)."""
+
+    timeout = 10.0
+
+    def __init__(self, asgi: Callable[..., Any], scope: dict[str, Any]) -> None:
+        import queue
+        self._asgi = asgi
+        self._scope = scope
+        self._to_app: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._from_app: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.accepted_subprotocol: str | None = None
+        self.closed = False
+
+    def __enter__(self) -> WebSocketSession:
+        import threading
+        self._thread = threading.Thread(target=self._run_app, daemon=True)
+        self._thread.start()
+        self._to_app.put({"type": "websocket.connect"})
+        message = self._next_from_app()
+        if message["type"] == "websocket.close":
+            self.closed = True
+            raise WebSocketDisconnect(message.get("code", 1000), "refused before accept (403)")
+        self.accepted_subprotocol = message.get("subprotocol")
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _run_app(self) -> None:
+        import asyncio
+
+        async def receive() -> dict[str, Any]:
+            return await asyncio.get_running_loop().run_in_executor(None, self._to_app.get)
+
+        async def send(message: dict[str, Any]) -> None:
+            self._from_app.put(message)
+
+        try:
+            asyncio.run(self._asgi(self._scope, receive, send))
+        finally:
+            self._from_app.put(None)  # the handler has returned
+
+    def _next_from_app(self) -> dict[str, Any]:
+        import queue
+        try:
+            message = self._from_app.get(timeout=self.timeout)
+        except queue.Empty:
+            raise TimeoutError("the WebSocket handler sent nothing in time") from None
+        if message is None:
+            self.closed = True
+            raise WebSocketDisconnect(1006, "the handler returned without closing")
+        return message
+
+    def receive(self) -> str | bytes:
+        message = self._next_from_app()
+        if message["type"] == "websocket.close":
+            self.closed = True
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason") or "")
+        text = message.get("text")
+        return text if text is not None else message.get("bytes") or b""
+
+    def receive_text(self) -> str:
+        message = self.receive()
+        assert isinstance(message, str), f"expected a text message, got {message!r}"
+        return message
+
+    def receive_bytes(self) -> bytes:
+        message = self.receive()
+        assert isinstance(message, bytes), f"expected a binary message, got {message!r}"
+        return message
+
+    def receive_json(self) -> Any:
+        import json
+        return json.loads(self.receive())
+
+    def send_text(self, data: str) -> None:
+        self._to_app.put({"type": "websocket.receive", "text": data})
+
+    def send_bytes(self, data: bytes) -> None:
+        self._to_app.put({"type": "websocket.receive", "bytes": data})
+
+    def send_json(self, data: Any) -> None:
+        import json
+        self.send_text(json.dumps(data))
+
+    def close(self, code: int = 1000) -> None:
+        """Disconnect, and wait (bounded) for the handler to finish."""
+        self._to_app.put({"type": "websocket.disconnect", "code": code})
+        self._thread.join(self.timeout)
+        self.closed = True
 
 
 # ---------------------------------------------------------------- servers and command line

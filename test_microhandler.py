@@ -12,6 +12,7 @@ import codecs
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import email.utils
 import hashlib
 import hmac
@@ -114,6 +115,36 @@ from microhandler import (
     static,
 )
 from microhandler import MultiDict as MhMultiDict
+
+# ============================================================================
+# both interfaces: every test that drives an App through the test Client runs twice,
+# through WSGI and through app.asgi (Client(asgi=True)), unless it says WSGI_ONLY.
+# ============================================================================
+
+# Differences that are the interfaces', not bugs: ASGI has no reason phrase, and each
+# interface builds its own middleware chain (factories run once per interface).
+WSGI_ONLY = {
+    "test_dotted_string_middleware_imported_at_startup",
+    "test_middleware_factories_called_once_not_per_request",
+    "test_custom_reason_phrase_is_the_status_line",
+}
+_CLIENT_INIT = Client.__init__
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    if metafunc.function.__name__ not in WSGI_ONLY:
+        source = inspect.getsource(metafunc.function)
+        if "Client(" in source and "asgi=" not in source:
+            metafunc.parametrize("client_interface", ["wsgi", "asgi"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def client_interface(request: Any, monkeypatch: Any) -> str:
+    """The interface the test Client uses in this run of the test."""
+    interface = getattr(request, "param", "wsgi")
+    if interface == "asgi":
+        monkeypatch.setattr(Client, "__init__", functools.partialmethod(_CLIENT_INIT, asgi=True))
+    return interface
 
 # ============================================================================
 # core: App, routing, middleware, errors, signals, test client
