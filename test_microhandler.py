@@ -9485,3 +9485,23 @@ def test_concurrent_writers_over_http_under_waitress_lose_and_duplicate_nothing(
     with contextlib.closing(sqlite3.connect(path)) as reader:
         counters = dict(reader.execute("SELECT name, n FROM counters"))
     assert counters == {"hits": len(expected), "checked": len(expected)}
+
+
+def test_a_connection_given_back_from_another_thread_is_dropped_not_pooled(
+        tmp_path: Path) -> None:
+    """As under ASGI, when a sync view runs in a worker thread and the response closes on
+    the event loop's thread: sqlite3 forbids touching the connection there."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = db_app(notes_db(tmp_path))
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        first = Request(make_environ("/"), app)
+        first_connection = worker.submit(lambda: first.db).result(30)
+        first.close()  # this thread may not roll it back: no error, and not pooled
+        second = Request(make_environ("/"), app)
+        second_connection = worker.submit(lambda: second.db).result(30)
+        assert second_connection is not first_connection
+        worker.submit(second.close).result(30)  # its own thread: back to the pool
+        third = Request(make_environ("/"), app)
+        assert worker.submit(lambda: third.db).result(30) is second_connection
+        worker.submit(third.close).result(30)
