@@ -3350,19 +3350,19 @@ class _ConnectionPool:
         return _Lease(idle.pop() if idle else self.connect(), idle)
 
 
-def _pool_of(app: App) -> _ConnectionPool:
+def _pool_of(app: App, connect: Callable[[], Any]) -> _ConnectionPool:
     with app._lock:  # two first requests at once must not make two pools
         pool = app._connection_pool
-        if pool is None or pool.connect is not app.database:
-            assert app.database is not None
-            pool = app._connection_pool = _ConnectionPool(app.database)
+        if pool is None or pool.connect is not connect:
+            pool = app._connection_pool = _ConnectionPool(connect)
         return pool
 
 
 def _lease_connection(request: Request) -> _Lease:
     """Open `request.db` (the Request property calls this once per request)."""
     app = request.app
-    if app is None or app.database is None:
+    connect = None if app is None else app.database
+    if app is None or connect is None:
         raise ImproperlyConfigured(
             "request.db needs a database: App(database=...), a function returning a DB-API "
             "connection, e.g. App(database=functools.partial(sqlite3.connect, 'app.db'))")
@@ -3373,8 +3373,8 @@ def _lease_connection(request: Request) -> _Lease:
             "request.db was used on the event loop (an async view): a DB-API connection "
             "blocks. Write the view with def (ASGI runs it in a worker thread)")
     pool = app._connection_pool
-    if pool is None or pool.connect is not app.database:
-        pool = _pool_of(app)
+    if pool is None or pool.connect is not connect:
+        pool = _pool_of(app, connect)
     lease = pool.lease()
     request.__dict__["_db_lease"] = lease
     request._files_to_close = [*request._files_to_close, lease]
