@@ -9504,3 +9504,57 @@ def test_a_connection_given_back_from_another_thread_is_dropped_not_pooled(
         third = Request(make_environ("/"), app)
         assert worker.submit(lambda: third.db).result(30) is second_connection
         worker.submit(third.close).result(30)
+
+
+def test_middleware_writes_before_the_view_share_its_transaction(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+
+    def audit(get_response):
+        def middleware(request):
+            add_note(request, "audit " + request.path)  # before the view: same transaction
+            return get_response(request)
+        return middleware
+
+    app = db_app(path, atomic_requests=True, middleware=[audit])
+
+    @app.route("/ok")
+    def ok(request):
+        return "ok"
+
+    @app.route("/fail")
+    def fail(request):
+        raise ValueError("undo the audit row too")
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/ok").status_code == 200
+    assert client.get("/fail").status_code == 500
+    assert stored_notes(path) == ["audit /ok"]
+
+
+def test_a_streaming_body_reads_request_db_until_the_response_closes(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+    connections: list[Any] = []
+
+    @app.route("/add/<body>")
+    def add(request, body):
+        connections.append(request.db)
+        add_note(request, body)
+        return "ok"
+
+    @app.route("/export")
+    def export(request):
+        db = request.db  # opened in the view: given back when the stream closes
+        connections.append(db)
+
+        def rows():
+            for (body,) in db.execute("SELECT body FROM notes ORDER BY rowid"):
+                yield body + "\n"
+        return StreamingHttpResponse(rows())
+
+    client = Client(app)
+    client.get("/add/first")
+    client.get("/add/second")
+    assert client.get("/export").text == "first\nsecond\n"
+    client.get("/add/third")
+    assert connections == [connections[0]] * 4  # pooled again after the stream closed
