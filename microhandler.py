@@ -58,8 +58,8 @@ __all__ = [
     "TemplateResponse", "UploadedFile", "View", "WebSocket", "WebSocketDisconnect",
     "WebSocketSession", "check_header", "convert_exception_to_response", "escape",
     "got_request_exception", "include", "is_safe_url", "main", "make_server", "mark_safe",
-    "markcoroutinefunction", "parse_query_string", "redirect", "request_finished",
-    "request_started", "route", "serve", "static",
+    "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "redirect",
+    "request_finished", "request_started", "route", "serve", "static",
 ]
 
 
@@ -1277,8 +1277,16 @@ class Request:
             raise BadRequest(f"Signed cookie {key!r} is missing, tampered with or expired")
         return value
 
+    @property
+    def db(self) -> Any:
+        """This request's DB-API connection from `App(database=...)`: opened on first use
+        from a per-thread pool, given back when the response closes (see "databases")."""
+        lease = self.__dict__.get("_db_lease") or _lease_connection(self)
+        return lease.connection
+
     def close(self) -> None:
-        """Close the uploaded files' temporary files (called when the response closes)."""
+        """Close the uploaded files' temporary files and give `db` back to its pool (called
+        when the response closes)."""
         files, self._files_to_close = self._files_to_close, ()
         for upload in files:
             upload.close()
@@ -3336,6 +3344,154 @@ class View:
         return handler(request, *args, **kwargs)
 
 
+# ---------------------------------------------------------------- databases
+# All this section asks of `App(database=...)` is DB-API 2: a connection is inside a
+# transaction once the driver opens one, and commit() or rollback() ends it. So any driver
+# works; when sqlite3 opens its transactions is said in README.md ("Databases").
+
+# One request holds one connection at a time per thread; a second idle one covers a
+# request made from inside another (a test client in a view).
+_IDLE_CONNECTIONS_PER_THREAD = 2
+
+
+def _close_quietly(connection: Any) -> None:
+    try:
+        connection.close()
+    except Exception:  # already broken: there is nothing more to release
+        pass
+
+
+class _Lease:
+    """A request's hold on a pooled connection; `close()` (from Request.close, when the
+    response closes) gives it back, or closes it when its transaction failed."""
+
+    __slots__ = ("connection", "failed", "idle", "thread")
+
+    def __init__(self, connection: Any, idle: list[Any]) -> None:
+        self.connection = connection
+        self.idle: list[Any] | None = idle  # the pool of the thread that opened it
+        self.thread = _thread.get_ident()
+        self.failed = False
+
+    def close(self) -> None:
+        idle, self.idle = self.idle, None
+        if idle is None or self.thread != _thread.get_ident():
+            # Not from its own thread (sqlite3 refuses that): dropped, never pooled, and
+            # the driver closes it with the last reference.
+            return
+        if not self.failed:
+            try:
+                self.connection.rollback()  # what the view left open: never pooled mid-way
+            except Exception:
+                self.failed = True
+        if self.failed or len(idle) >= _IDLE_CONNECTIONS_PER_THREAD:
+            _close_quietly(self.connection)
+        else:
+            idle.append(self.connection)
+
+
+class _ConnectionPool:
+    """An App's idle connections, kept per thread: a request runs in one thread, and a
+    sqlite3 connection may only be used by the thread that opened it."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self.connect = connect
+        self.local = _thread._local()
+
+    def lease(self) -> _Lease:
+        idle = getattr(self.local, "idle", None)
+        if idle is None:
+            idle = self.local.idle = []
+        return _Lease(idle.pop() if idle else self.connect(), idle)
+
+
+def _pool_of(app: App, connect: Callable[[], Any]) -> _ConnectionPool:
+    with app._lock:  # two first requests at once must not make two pools
+        pool = app._connection_pool
+        if pool is None or pool.connect is not connect:
+            pool = app._connection_pool = _ConnectionPool(connect)
+        return pool
+
+
+def _lease_connection(request: Request) -> _Lease:
+    """Open `request.db` (the Request property calls this once per request)."""
+    app = request.app
+    connect = None if app is None else app.database
+    if app is None or connect is None:
+        raise ImproperlyConfigured(
+            "request.db needs a database: App(database=...), a function returning a DB-API "
+            "connection, e.g. App(database=functools.partial(sqlite3.connect, 'app.db'))")
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        # Django's SynchronousOnlyOperation: a blocking call here stalls every request.
+        raise RuntimeError(
+            "request.db was used on the event loop (an async view): a DB-API connection "
+            "blocks. Write the view with def (ASGI runs it in a worker thread)")
+    pool = app._connection_pool
+    if pool is None or pool.connect is not connect:
+        pool = _pool_of(app, connect)
+    lease = pool.lease()
+    request.__dict__["_db_lease"] = lease
+    request._files_to_close = [*request._files_to_close, lease]
+    return lease
+
+
+def non_atomic_requests(view: _F) -> _F:
+    """Decorator: with `App(atomic_requests=True)`, run this view (a function, or a View
+    class) outside a transaction, as Django's does."""
+    view._non_atomic_requests = True  # type: ignore[attr-defined]
+    return view
+
+
+def _atomic_view(app: App, view: Callable[..., Any]) -> Callable[..., Any]:
+    """`view` run in one transaction on request.db: committed when it returns a response,
+    rolled back when it raises (App.make_view_atomic, per request, like Django)."""
+    if getattr(view, "_non_atomic_requests", False) or getattr(
+            getattr(view, "view_class", None), "_non_atomic_requests", False):
+        return view
+    if _is_async(view):
+        raise ImproperlyConfigured(
+            f"The view {_name_of(view)} is async: atomic_requests cannot run it in a "
+            "transaction (a DB-API connection blocks the event loop). Write it with def, or "
+            "mark it @non_atomic_requests")
+
+    def atomic_view(request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            response = view(request, *args, **kwargs)
+            if not isinstance(response, HttpResponse):
+                response = app.make_response(response, view)
+        except HttpError:
+            _end_transaction(request, commit=False, failed=False)  # the connection is fine
+            raise
+        except BaseException:
+            _end_transaction(request, commit=False, failed=True)
+            raise
+        _end_transaction(request, commit=True, failed=False)
+        return response
+
+    return atomic_view
+
+
+def _end_transaction(request: Request, commit: bool, failed: bool) -> None:
+    """Commit or roll back request.db, if the view opened it; a connection whose commit
+    or rollback failed, or whose view failed, is closed instead of pooled."""
+    lease: _Lease | None = request.__dict__.get("_db_lease")
+    if lease is None:
+        return
+    lease.failed = lease.failed or failed
+    try:
+        if commit:
+            lease.connection.commit()
+        else:
+            lease.connection.rollback()
+    except Exception:
+        lease.failed = True  # closing it discards the transaction
+        if commit:
+            raise
+        # The view's own exception is the one to report.
+        _log.exception("Rolling back request.db failed")
+
+
 # ---------------------------------------------------------------- middleware and App
 
 # Coroutine functions are told apart without importing inspect or asyncio (import time):
@@ -3554,6 +3710,7 @@ class App:
     its arguments alone."""
 
     request_class: type[Request] = Request
+    _connection_pool: _ConnectionPool | None = None  # made by request.db's first use
 
     def __init__(self, routes: Iterable[Route | Iterable[Route]] = (),
                  middleware: Iterable[Any] = (), *, debug: bool = False,
@@ -3795,7 +3952,8 @@ class App:
                 break
         if response is None:
             try:
-                response = yield callback, (request, *args), kwargs, True
+                view = self.make_view_atomic(callback)
+                response = yield view, (request, *args), kwargs, True
             except Exception as exc:
                 response = yield from self._offer_exception(exc, request, hooks)
                 if response is None:
@@ -3881,6 +4039,13 @@ class App:
             location += "?" + request.query_string
         status = 301 if request.method in ("GET", "HEAD") else 308
         return lambda request: HttpResponseRedirect(location, status=status)
+
+    def make_view_atomic(self, view: Callable[..., Any]) -> Callable[..., Any]:
+        """The view to call: with atomic_requests, wrapped to run in one transaction on
+        request.db (Django's name); else `view` itself, at no cost."""
+        if not self.atomic_requests:
+            return view
+        return _atomic_view(self, view)
 
     def process_exception_by_middleware(self, exc: Exception,
                                         request: Request) -> HttpResponse | None:

@@ -127,6 +127,12 @@ WSGI_ONLY = {
     "test_dotted_string_middleware_imported_at_startup",
     "test_middleware_factories_called_once_not_per_request",
     "test_custom_reason_phrase_is_the_status_line",
+    # Under ASGI a sync view runs in a pool thread and the response closes on the loop's
+    # thread: a sqlite3 connection is closed there rather than pooled (see README).
+    "test_atomic_view_rolls_back_on_http404_and_the_404_still_goes_out",
+    "test_request_db_without_atomic_requests_commits_only_what_the_view_commits",
+    "test_connection_pool_is_per_thread_and_drops_failed_connections",
+    "test_a_streaming_body_reads_request_db_until_the_response_closes",
 }
 _CLIENT_INIT = Client.__init__
 
@@ -9121,3 +9127,471 @@ def test_is_safe_url_accepts_the_requests_own_host() -> None:
 
     assert Client(app).get("/check").json() == {"own": True, "other": False}
     assert is_safe_url("http://testserver/x") is False  # outside a request: no "same host"
+
+
+# ============================================================================ databases: atomic views (issue 13)
+
+import functools  # noqa: E402
+import sqlite3  # noqa: E402
+
+from microhandler import non_atomic_requests  # noqa: E402
+
+
+def notes_db(tmp_path: Path) -> Path:
+    """A real sqlite3 file with a notes table and a counter row."""
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as setup:
+        setup.executescript("""
+            CREATE TABLE notes (body TEXT NOT NULL);
+            CREATE TABLE counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+            INSERT INTO counters VALUES ('hits', 0), ('checked', 0);
+        """)
+    return path
+
+
+def db_app(path: Path, **kwargs: Any) -> App:
+    return App(database=functools.partial(sqlite3.connect, path, timeout=30), **kwargs)
+
+
+def stored_notes(path: Path) -> list[str]:
+    """What another connection sees: only committed rows."""
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        return [body for (body,) in reader.execute("SELECT body FROM notes ORDER BY rowid")]
+
+
+def add_note(request: Request, body: str) -> None:
+    request.db.execute("INSERT INTO notes VALUES (?)", (body,))
+
+
+def test_atomic_view_commits_when_it_returns(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/add/<body>")
+    def add(request, body):
+        add_note(request, body)
+        add_note(request, body + "-again")
+        return {"added": body}  # a value that becomes a response commits too
+
+    @app.route("/text/<body>")
+    def text(request, body):
+        add_note(request, body)
+        return HttpResponse("ok")
+
+    client = Client(app)
+    assert client.get("/add/one").json() == {"added": "one"}
+    assert client.get("/text/two").text == "ok"
+    assert stored_notes(path) == ["one", "one-again", "two"]
+
+
+def test_atomic_view_rolls_back_when_it_raises(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/fail")
+    def fail(request):
+        add_note(request, "half")
+        raise ValueError("after a write")
+
+    @app.route("/none")
+    def returns_none(request):
+        add_note(request, "no response")  # returning None is an error: rolled back too
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/fail").status_code == 500
+    assert client.get("/none").status_code == 500
+    assert stored_notes(path) == []
+
+
+def test_atomic_view_rolls_back_on_http404_and_the_404_still_goes_out(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+    connections: list[Any] = []
+
+    @app.route("/missing")
+    def missing(request):
+        connections.append(request.db)
+        add_note(request, "ghost")
+        raise Http404("no such note")
+
+    client = Client(app)
+    response = client.get("/missing")
+    assert response.status_code == 404
+    assert "no such note" in response.text
+    assert client.get("/missing").status_code == 404
+    assert stored_notes(path) == []
+    # A 404 is no fault of the connection: rolled back and reused, not reopened.
+    assert connections[0] is connections[1]
+
+
+def test_atomic_view_rolls_back_when_process_exception_answers(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+
+    class Recover:
+        def __init__(self, get_response):
+            self.get_response = get_response
+
+        def __call__(self, request):
+            return self.get_response(request)
+
+        def process_exception(self, request, exc):
+            # The view's transaction is already over: its writes are gone, even here.
+            (count,) = request.db.execute("SELECT count(*) FROM notes").fetchone()
+            return HttpResponse(f"recovered from {exc}, {count} notes", status=409)
+
+    app = db_app(path, atomic_requests=True, middleware=[Recover])
+
+    @app.route("/conflict")
+    def conflict(request):
+        add_note(request, "conflicting")
+        raise ValueError("a conflict")
+
+    response = Client(app).get("/conflict")
+    assert (response.status_code, response.text) == (409, "recovered from a conflict, 0 notes")
+    assert stored_notes(path) == []
+
+
+def test_commit_failure_is_a_500_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "fk.db"
+    with contextlib.closing(sqlite3.connect(path)) as setup:
+        setup.executescript("""
+            CREATE TABLE parents (id INTEGER PRIMARY KEY);
+            CREATE TABLE children (parent INTEGER
+                REFERENCES parents(id) DEFERRABLE INITIALLY DEFERRED);
+        """)
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, timeout=30)
+        connection.execute("PRAGMA foreign_keys = ON")
+        return connection
+
+    app = App(database=connect, atomic_requests=True)
+    connections: list[Any] = []
+
+    @app.route("/orphan")
+    def orphan(request):
+        connections.append(request.db)
+        request.db.execute("INSERT INTO children VALUES (42)")  # checked at COMMIT
+        return "written?"
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/orphan").status_code == 500
+    assert client.get("/orphan").status_code == 500
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        assert reader.execute("SELECT count(*) FROM children").fetchone() == (0,)
+    # The failed connection was closed, not handed to the next request.
+    assert connections[0] is not connections[1]
+    assert is_closed(connections[0])
+
+
+def test_non_atomic_requests_leaves_a_view_out(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/atomic")
+    def atomic(request):
+        add_note(request, "atomic")
+        return "ok"
+
+    @app.route("/manual")
+    @non_atomic_requests
+    def manual(request):
+        add_note(request, "committed")
+        request.db.commit()
+        add_note(request, "never committed")  # rolled back when the response closes
+        return "ok"
+
+    assert manual.__name__ == "manual"  # the function itself, type unchanged
+    client = Client(app)
+    assert client.get("/atomic").text == client.get("/manual").text == "ok"
+    assert stored_notes(path) == ["atomic", "committed"]
+    assert app.make_view_atomic(manual) is manual
+
+
+def test_atomic_requests_with_class_based_views(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    class Notes(View):
+        def post(self, request):
+            add_note(request, request.GET["body"])
+            if request.GET.get("fail"):
+                raise PermissionDenied("read-only")
+            return HttpResponse("created", status=201)
+
+    @non_atomic_requests
+    class Draft(View):
+        def post(self, request):
+            add_note(request, "draft")  # never committed: the opt-out holds for the class
+            return "kept?"
+
+    app.add_route("/notes", Notes.as_view())
+    app.add_route("/draft", Draft.as_view())
+    client = Client(app)
+    assert client.post("/notes", query={"body": "kept"}).status_code == 201
+    assert client.post("/notes", query={"body": "refused", "fail": "1"}).status_code == 403
+    assert client.post("/draft").status_code == 200
+    assert stored_notes(path) == ["kept"]
+
+
+def test_request_db_without_atomic_requests_commits_only_what_the_view_commits(
+        tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path)
+    seen: list[Any] = []
+
+    @app.route("/write/<body>")
+    def write(request, body):
+        seen.append((request.db, request.db.in_transaction))
+        add_note(request, body)
+        if body == "commit":
+            request.db.commit()
+        return body
+
+    client = Client(app)
+    client.get("/write/commit")
+    client.get("/write/forget")
+    client.get("/write/commit")
+    assert stored_notes(path) == ["commit", "commit"]
+    # One connection, reused, and never handed out in the middle of a transaction.
+    assert [connection for connection, _ in seen] == [seen[0][0]] * 3
+    assert [in_transaction for _, in_transaction in seen] == [False] * 3
+
+
+def test_request_db_without_a_database_says_how_to_configure_one() -> None:
+    app = App()
+
+    @app.route("/")
+    def index(request):
+        return str(request.db)
+
+    with pytest.raises(ImproperlyConfigured, match=r"App\(database=\.\.\.\)"):
+        Client(app).get("/")
+
+
+def test_make_view_atomic_returns_the_view_when_atomic_requests_is_off(tmp_path: Path) -> None:
+    def view(request):
+        return "ok"
+
+    path = notes_db(tmp_path)
+    assert db_app(path).make_view_atomic(view) is view
+    assert db_app(path, atomic_requests=True).make_view_atomic(view) is not view
+
+
+def test_atomic_requests_refuse_an_async_view_by_name(tmp_path: Path) -> None:
+    app = db_app(notes_db(tmp_path), atomic_requests=True)
+
+    async def live_feed(request):
+        return "ok"
+
+    with pytest.raises(ImproperlyConfigured, match="live_feed is async.*non_atomic_requests"):
+        app.make_view_atomic(live_feed)
+    assert app.make_view_atomic(non_atomic_requests(live_feed)) is live_feed
+
+
+def test_request_db_on_the_event_loop_is_a_clear_error(tmp_path: Path) -> None:
+    import asyncio
+
+    app = db_app(notes_db(tmp_path))
+    request = Request(make_environ("/"), app)
+
+    async def async_view() -> Any:
+        return request.db
+
+    with pytest.raises(RuntimeError, match="event loop.*def"):
+        asyncio.run(async_view())
+
+
+def is_closed(connection: sqlite3.Connection) -> bool:
+    try:
+        connection.execute("SELECT 1")
+    except sqlite3.ProgrammingError as exc:
+        assert "closed" in str(exc)
+        return True
+    return False
+
+
+def test_connection_pool_is_per_thread_and_drops_failed_connections(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+    by_thread: dict[str, list[Any]] = {}
+
+    @app.route("/use/<what>")
+    def use(request, what):
+        by_thread.setdefault(threading.current_thread().name, []).append(request.db)
+        if what == "crash":
+            raise ValueError("the view failed")
+        return "ok"
+
+    closed: dict[str, list[bool]] = {}
+
+    def three_requests() -> None:
+        client = Client(app, raise_server_exceptions=False)
+        for what in ("ok", "ok", "crash", "ok"):
+            client.get(f"/use/{what}")
+        # sqlite3 connections may be used only in their own thread: check them here.
+        closed[threading.current_thread().name] = [
+            is_closed(connection) for connection in by_thread[threading.current_thread().name]]
+
+    threads = [threading.Thread(target=three_requests, name=f"worker-{n}") for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(by_thread) == ["worker-0", "worker-1", "worker-2"]
+    for first, second, crashed, after in by_thread.values():
+        assert first is second is crashed  # reused within its thread
+        assert after is not crashed  # the failed one was closed, not pooled
+    assert list(closed.values()) == [[True, True, True, False]] * 3
+    firsts = [connections[0] for connections in by_thread.values()]
+    assert len({id(connection) for connection in firsts}) == 3  # one per thread
+
+
+def test_read_then_write_with_begin_immediate_is_one_transaction(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/check")
+    def check(request):
+        db = request.db
+        db.execute("BEGIN IMMEDIATE")  # the README's recipe: the read is inside too
+        (n,) = db.execute("SELECT n FROM counters WHERE name = 'checked'").fetchone()
+        db.execute("UPDATE counters SET n = ? WHERE name = 'checked'", (n + 1,))
+        if request.GET.get("fail"):
+            raise ValueError("undo both")
+        return str(n + 1)
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/check").text == "1"
+    assert client.get("/check", query={"fail": "1"}).status_code == 500
+    assert client.get("/check").text == "2"
+
+
+def test_concurrent_writers_over_http_under_waitress_lose_and_duplicate_nothing(
+        tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/notes/<int:client>/<int:number>", methods=["POST"])
+    def add(request, client, number):
+        db = request.db
+        db.execute("BEGIN IMMEDIATE")  # read-modify-write below: take the write lock first
+        (checked,) = db.execute("SELECT n FROM counters WHERE name = 'checked'").fetchone()
+        db.execute("UPDATE counters SET n = ? WHERE name = 'checked'", (checked + 1,))
+        db.execute("UPDATE counters SET n = n + 1 WHERE name = 'hits'")
+        db.execute("INSERT INTO notes VALUES (?)", (f"{client}-{number}",))
+        if number % 5 == 4:
+            raise ValueError("every fifth request fails after writing: all of it is undone")
+        return {"note": f"{client}-{number}"}
+
+    clients, per_client = 8, 25
+    server = servers.make_server(app, HOST, 0, server="waitress", threads=8)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    statuses: dict[tuple[int, int], int] = {}
+
+    def write(client: int) -> None:
+        connection = http.client.HTTPConnection(HOST, server.port, timeout=60)
+        try:
+            for number in range(per_client):
+                connection.request("POST", f"/notes/{client}/{number}", body=b"")
+                response = connection.getresponse()
+                response.read()
+                statuses[client, number] = response.status
+        finally:
+            connection.close()
+
+    try:
+        writers = [threading.Thread(target=write, args=(n,)) for n in range(clients)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(120)
+    finally:
+        server.shutdown()
+        thread.join(15)
+    expected = {f"{c}-{n}" for c in range(clients) for n in range(per_client) if n % 5 != 4}
+    assert len(statuses) == clients * per_client
+    assert {key for key, status in statuses.items() if status == 200} == {
+        (c, n) for c in range(clients) for n in range(per_client) if n % 5 != 4}
+    assert set(statuses.values()) == {200, 500}
+    notes = stored_notes(path)
+    assert len(notes) == len(set(notes)) == len(expected)
+    assert set(notes) == expected
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        counters = dict(reader.execute("SELECT name, n FROM counters"))
+    assert counters == {"hits": len(expected), "checked": len(expected)}
+
+
+def test_a_connection_given_back_from_another_thread_is_dropped_not_pooled(
+        tmp_path: Path) -> None:
+    """As under ASGI, when a sync view runs in a worker thread and the response closes on
+    the event loop's thread: sqlite3 forbids touching the connection there."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = db_app(notes_db(tmp_path))
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        first = Request(make_environ("/"), app)
+        first_connection = worker.submit(lambda: first.db).result(30)
+        first.close()  # this thread may not roll it back: no error, and not pooled
+        second = Request(make_environ("/"), app)
+        second_connection = worker.submit(lambda: second.db).result(30)
+        assert second_connection is not first_connection
+        worker.submit(second.close).result(30)  # its own thread: back to the pool
+        third = Request(make_environ("/"), app)
+        assert worker.submit(lambda: third.db).result(30) is second_connection
+        worker.submit(third.close).result(30)
+
+
+def test_middleware_writes_before_the_view_share_its_transaction(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+
+    def audit(get_response):
+        def middleware(request):
+            add_note(request, "audit " + request.path)  # before the view: same transaction
+            return get_response(request)
+        return middleware
+
+    app = db_app(path, atomic_requests=True, middleware=[audit])
+
+    @app.route("/ok")
+    def ok(request):
+        return "ok"
+
+    @app.route("/fail")
+    def fail(request):
+        raise ValueError("undo the audit row too")
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/ok").status_code == 200
+    assert client.get("/fail").status_code == 500
+    assert stored_notes(path) == ["audit /ok"]
+
+
+def test_a_streaming_body_reads_request_db_until_the_response_closes(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+    connections: list[Any] = []
+
+    @app.route("/add/<body>")
+    def add(request, body):
+        connections.append(request.db)
+        add_note(request, body)
+        return "ok"
+
+    @app.route("/export")
+    def export(request):
+        db = request.db  # opened in the view: given back when the stream closes
+        connections.append(db)
+
+        def rows():
+            for (body,) in db.execute("SELECT body FROM notes ORDER BY rowid"):
+                yield body + "\n"
+        return StreamingHttpResponse(rows())
+
+    client = Client(app)
+    client.get("/add/first")
+    client.get("/add/second")
+    assert client.get("/export").text == "first\nsecond\n"
+    client.get("/add/third")
+    assert connections == [connections[0]] * 4  # pooled again after the stream closed
