@@ -3442,8 +3442,9 @@ def _forwarded_response(answer: Any, connection: Any, url: str) -> HttpResponse:
             raise BadHeaderError(f"informational status {answer.status}")
         headers, cookies = _answer_headers(answer)
         response = _ForwardedResponse(_relay(answer), answer.status, headers=headers)
-        if "Content-Type" not in headers:
-            del response["Content-Type"]  # the upstream sent none: none is invented here
+        if "content-type" not in {name.lower() for name in headers}:
+            # What a missing type means (RFC 9110 8.3); not the text/html of a view.
+            response["Content-Type"] = "application/octet-stream"
         if answer.reason:
             response.reason_phrase = answer.reason
     except BadHeaderError as exc:
