@@ -3467,9 +3467,12 @@ def _answer_headers(answer: Any) -> tuple[dict[str, str], list[str]]:
         if _is_hop_by_hop(lower, named) or (lower == "content-length" and answer.chunked):
             continue
         value = check_header(name, _OBS_FOLD.sub(" ", raw_value))[1]  # RFC 9112 5.2
+        if lower == "content-length" and (not (value.isdigit() and value.isascii())
+                                          or headers.get(lower, (name, value))[1] != value):
+            raise BadHeaderError(f"Content-Length {value!r}")  # two framings: smuggling
         if lower == "set-cookie":
             cookies.append(value)
-        elif lower in headers:
+        elif lower in headers and lower != "content-length":  # the same length twice: one
             headers[lower] = (headers[lower][0], f"{headers[lower][1]}, {value}")
         else:
             headers[lower] = (name, value)

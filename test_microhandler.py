@@ -9447,27 +9447,36 @@ def test_proxy_upstream_that_never_answers_is_504() -> None:
     assert str(port) not in response.text and "timed out" not in response.text
 
 
-def test_proxy_upstream_answering_what_is_not_http_is_502() -> None:
+@pytest.mark.parametrize("answer", [
+    b"SMTP ready\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\nhello",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    b"HTTP/1.1 200 \x01\r\nContent-Length: 0\r\n\r\n",
+])
+def test_proxy_upstream_answering_what_cannot_be_relayed_is_502(answer: bytes) -> None:
     with socket.socket() as liar:
         liar.bind(("127.0.0.1", 0))
         liar.listen(8)
         liar.settimeout(10)
 
-        def answer_garbage() -> None:
+        def answer_once() -> None:
             try:
                 conn, _ = liar.accept()
             except OSError:
                 return
             with conn:
                 conn.recv(65536)
-                conn.sendall(b"SMTP ready\r\n\r\n")
+                conn.sendall(answer)
 
-        thread = threading.Thread(target=answer_garbage, daemon=True)
+        thread = threading.Thread(target=answer_once, daemon=True)
         thread.start()
         app = App(routes=[mh.proxy("/p", f"http://127.0.0.1:{liar.getsockname()[1]}",
                                    timeout=5)])
-        assert Client(app).get("/p/x").status_code == 502
+        response = Client(app).get("/p/x")
         thread.join(10)
+    assert response.status_code == 502
+    assert response.text == "502 Bad Gateway\n"
 
 
 def test_proxy_body_over_max_body_size_with_length_never_reaches_the_upstream(
