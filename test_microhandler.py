@@ -9515,6 +9515,43 @@ def test_proxy_streams_a_chunked_body_within_the_limit(backend: Backend) -> None
     assert record["whole"] and _headers_of(record)["transfer-encoding"] == "chunked"
 
 
+@pytest.fixture
+def tls_backend(tmp_path: Path) -> Iterator[tuple[Backend, Path]]:
+    """An https backend whose certificate is signed by a test CA; the CA's file is
+    returned, not trusted anywhere yet."""
+    import ssl
+
+    import trustme
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _UpstreamHandler)
+    server.daemon_threads = True
+    server.records, server.connections = [], 0  # type: ignore[attr-defined]
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    try:
+        yield Backend(server, server.server_address[1]), ca_file
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(15)
+
+
+def test_proxy_https_upstream_verified_with_the_default_context(
+        tls_backend: tuple[Backend, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    tls, ca_file = tls_backend
+    url = f"https://127.0.0.1:{tls.port}/secure"
+    # Not trusted: the default context verifies the certificate and refuses it.
+    assert Client(App(routes=[mh.proxy("/p", url)])).get("/p/x").status_code == 502
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the default context trusts the CA
+    response = Client(App(routes=[mh.proxy("/p", url)])).get("/p/x?q=1")
+    assert response.status_code == 200 and response.json()["path"] == "/secure/x?q=1"
+
+
 @pytest.mark.parametrize("prefix, upstream", [
     ("/p", "ftp://127.0.0.1/"), ("/p", "127.0.0.1:8000"), ("/p", "http://u:pw@127.0.0.1/"),
     ("/p", "http://127.0.0.1:99999/"), ("/p", "http://127.0.0.1/?q=1"), ("p", "http://h/"),
