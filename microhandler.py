@@ -2992,7 +2992,7 @@ def include(prefix: str, routes: Iterable[Route | Iterable[Route]]) -> list[Rout
             pattern = "^" + re.escape(prefix) + item.pattern[1:]
         else:
             pattern = prefix + item.pattern
-        included.append(Route(pattern, item.view, item.methods, item.name, item.kwargs))
+        included.append(type(item)(pattern, item.view, item.methods, item.name, item.kwargs))
     return included
 
 

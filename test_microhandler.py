@@ -9284,6 +9284,12 @@ def test_proxy_forwards_every_method_options_and_head_too(backend: Backend) -> N
     assert int(head.headers["Content-Length"]) > 0  # the upstream's, kept
 
 
+def test_proxy_under_include_keeps_forwarding_options(backend: Backend) -> None:
+    client = Client(App(routes=[include("/svc", [mh.proxy("/api", backend.url + "/v1")])]))
+    response = client.options("/svc/api/x")
+    assert response.json()["method"] == "OPTIONS" and response.json()["path"] == "/v1/x"
+
+
 def test_proxy_prefix_itself_below_it_and_not_beside_it(backend: Backend) -> None:
     client = Client(App(routes=[mh.proxy("/api/", backend.url + "/base/"),
                                 mh.proxy("/root", backend.url)]))
