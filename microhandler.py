@@ -58,7 +58,7 @@ __all__ = [
     "TemplateResponse", "UploadedFile", "View", "WebSocket", "WebSocketDisconnect",
     "WebSocketSession", "check_header", "convert_exception_to_response", "escape",
     "got_request_exception", "include", "is_safe_url", "main", "make_server", "mark_safe",
-    "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "redirect",
+    "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "proxy", "redirect",
     "request_finished", "request_started", "route", "serve", "static",
 ]
 
@@ -3056,7 +3056,7 @@ def include(prefix: str, routes: Iterable[Route | Iterable[Route]]) -> list[Rout
             pattern = "^" + re.escape(prefix) + item.pattern[1:]
         else:
             pattern = prefix + item.pattern
-        included.append(Route(pattern, item.view, item.methods, item.name, item.kwargs))
+        included.append(type(item)(pattern, item.view, item.methods, item.name, item.kwargs))
     return included
 
 
@@ -3294,6 +3294,259 @@ def _requested_range(environ: Mapping[str, Any], etag: str, size: int) -> range 
     if last and int(last) < start:
         return range(0)
     return range(start, min(int(last) + 1, size) if last else size)
+
+
+# ---------------------------------------------------------------- forwarding
+
+class _BadGateway(HttpError):
+    """The upstream could not be reached or sent an answer that cannot be forwarded."""
+
+    status = 502
+
+
+class _GatewayTimeout(HttpError):
+    """The upstream was silent for the proxy's `timeout`."""
+
+    status = 504
+
+
+# RFC 9110 7.6.1: these speak of one connection, so they never cross the proxy (names
+# starting "proxy-" and those listed in Connection neither). "Proxy" is httpoxy's header;
+# "trailers" is how wsgiref spells Trailer, and a WSGI server refuses it from an app.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding",
+                         "upgrade", "proxy", "trailers"})
+# Request headers the proxy writes itself: Host and the body's framing; Expect was the front
+# server's to answer; the client's own Forwarded and X-Forwarded-* are not trusted (SPEC).
+_SET_BY_PROXY = frozenset({"host", "content-length", "expect", "forwarded", "x-forwarded-for",
+                           "x-forwarded-proto", "x-forwarded-host"})
+_OBS_FOLD = re.compile(r"\r?\n[ \t]+")
+
+
+class _ForwardingRoute(Route):
+    """A route taking every method, OPTIONS too: the upstream decides what it allows."""
+
+    __slots__ = ()
+
+    def accepts(self, method: str) -> bool:
+        return True
+
+
+class _ForwardedResponse(StreamingHttpResponse):
+    """The upstream's answer, streamed. Its Set-Cookie headers are kept one by one, as
+    sent: a response's headers hold one value per name."""
+
+    upstream_cookies: Sequence[str] = ()
+
+    def wsgi_headers(self) -> list[tuple[str, str]]:
+        headers = super().wsgi_headers()
+        headers.extend(("Set-Cookie", cookie) for cookie in self.upstream_cookies)
+        return headers
+
+
+class _Upstream:
+    """Where a proxy() route forwards to, checked once: scheme, host, port, path prefix."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parts = urlsplit(url)
+        try:
+            self.port = parts.port
+        except ValueError:
+            raise ImproperlyConfigured(f"proxy upstream {url!r} has an invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImproperlyConfigured(f"proxy upstream {url!r} must be an http:// or "
+                                       "https:// URL with a host")
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ImproperlyConfigured(f"proxy upstream {url!r} must not hold credentials, "
+                                       "a query or a fragment")
+        self.url, self.timeout, self.https = url, timeout, parts.scheme == "https"
+        self.hostname, self.netloc, self.path = parts.hostname, parts.netloc, parts.path
+        self._ssl_context: Any = None
+
+    def connection(self) -> Any:
+        """A new http.client connection (not yet connected): one per request."""
+        import http.client
+        if not self.https:
+            return http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout)
+        if self._ssl_context is None:  # loading the CA certificates costs milliseconds
+            import ssl
+            self._ssl_context = ssl.create_default_context()
+        return http.client.HTTPSConnection(self.hostname, self.port, timeout=self.timeout,
+                                           context=self._ssl_context)
+
+    def target(self, rest: str | None, query_string: str) -> str:
+        """The request-target: the upstream's path, the rest of the request's path quoted,
+        the query as the client sent it (bytes outside ASCII percent-encoded)."""
+        if rest is None:  # the prefix itself: the upstream's path as written
+            path = self.path or "/"
+        else:
+            path = self.path.rstrip("/") + quote(rest, safe=_PATH_SAFE)
+        if not query_string:
+            return path
+        try:
+            raw = query_string.encode("latin-1")  # PEP 3333: the bytes, as latin-1 text
+        except UnicodeEncodeError:
+            raw = query_string.encode("utf-8")
+        return path + "?" + quote(raw, safe=_PATH_SAFE + "?%")
+
+
+def proxy(prefix: str, upstream: str, *, timeout: float = 30,
+          preserve_host: bool = False) -> Route:
+    """A route forwarding every request under `prefix` to `upstream` (an http:// or https://
+    URL whose path is kept in front) and streaming its answer back: 502 when the upstream
+    cannot be reached, 504 when it is silent for `timeout` seconds."""
+    if not prefix.startswith("/"):
+        raise ImproperlyConfigured(f"proxy prefix {prefix!r} must start with '/'")
+    target = _Upstream(upstream, timeout)
+
+    def forward(request: Request, rest: str | None = None) -> HttpResponse:
+        body, length = _request_body(request)  # a body too big is refused before connecting
+        headers = _upstream_headers(request, target.netloc, preserve_host)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        connection = target.connection()
+        try:
+            answer = _send_upstream(connection, request.method,
+                                    target.target(rest, request.query_string), headers, body,
+                                    target.url)
+            return _forwarded_response(answer, connection, target.url)
+        except BaseException:
+            connection.close()
+            raise
+
+    forward.__name__ = forward.__qualname__ = f"proxy({prefix!r})"
+    # "/api" itself, and everything below "/api/" (not "/apix"); [\s\S]: a path may hold "\n".
+    return _ForwardingRoute("^" + re.escape(prefix.rstrip("/")) + r"(?P<rest>/[\s\S]*)?",
+                            forward)
+
+
+def _request_body(request: Request) -> tuple[Iterable[bytes] | None, int | None]:
+    """The body to send and its length (None: sent chunked), read from `request.stream` so
+    that max_body_size holds: a Content-Length over it is a 413 here, before connecting; a
+    longer chunked body is a 413 mid-way, so the upstream never receives it whole."""
+    if "body" in request.__dict__ or request.__dict__.get("_body_streamed"):
+        data = request.body  # a middleware read it already
+        return ([data] if data else None), len(data)
+    stream = request.stream
+    length = request.content_length
+    if length is not None:
+        return (_read_chunks(stream) if length else None), length
+    first = stream.read(65536)  # a server's de-chunked input, or no body at all
+    return (_read_chunks(stream, first) if first else None), None
+
+
+def _read_chunks(stream: LimitedStream, first: bytes = b"") -> Iterator[bytes]:
+    if first:
+        yield first
+    while chunk := stream.read(65536):
+        yield chunk
+
+
+def _connection_tokens(value: str) -> frozenset[str]:
+    """The header names a Connection header lists, lowercased."""
+    return frozenset(token.strip(" \t").lower() for token in value.split(",")) - {""}
+
+
+def _is_hop_by_hop(name: str, named: frozenset[str]) -> bool:
+    return name in _HOP_BY_HOP or name.startswith("proxy-") or name in named
+
+
+def _upstream_headers(request: Request, upstream_host: str,
+                      preserve_host: bool) -> dict[str, str]:
+    """The client's headers less hop-by-hop ones, with Host and X-Forwarded-* set. The
+    client's X-Forwarded-For is replaced, not appended to: it could be forged."""
+    named = _connection_tokens(request.environ.get("HTTP_CONNECTION", ""))
+    headers = {name: value for name, value in request.headers.items()
+               if value and not _is_hop_by_hop(name.lower(), named)
+               and name.lower() not in _SET_BY_PROXY}
+    host = request.host  # checked against allowed_hosts: a forged Host goes no further
+    headers["Host"] = host if preserve_host else upstream_host
+    remote_addr = request.environ.get("REMOTE_ADDR")
+    if remote_addr:
+        headers["X-Forwarded-For"] = remote_addr
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers["X-Forwarded-Host"] = host
+    headers["Connection"] = "close"  # one connection per request
+    return headers
+
+
+def _send_upstream(connection: Any, method: str, target: str, headers: dict[str, str],
+                   body: Iterable[bytes] | None, url: str) -> Any:
+    """The upstream's http.client response: 502 when it cannot be reached or answers what
+    is not HTTP, 504 when it is silent for the timeout. The client's own errors in the body
+    (413, 400) pass through as they are."""
+    import http.client
+    try:
+        connection.connect()
+    except OSError as exc:  # TimeoutError is one
+        raise _upstream_error(url, exc) from None
+    try:
+        connection.request(method, target, body, headers)
+    except OSError as exc:
+        if isinstance(exc, TimeoutError):
+            raise _upstream_error(url, exc) from None
+        # The upstream may have answered early (a 413 of its own) and closed: read that.
+    try:
+        return connection.getresponse()
+    except (OSError, http.client.HTTPException) as exc:
+        raise _upstream_error(url, exc) from None
+
+
+def _upstream_error(url: str, exc: BaseException) -> HttpError:
+    """502 or 504 with an empty message (the page says nothing of the upstream); the cause
+    goes to the log, for the operator."""
+    _log.warning("proxy: upstream %s failed: %s", url, _loggable(repr(exc)))
+    return _GatewayTimeout() if isinstance(exc, TimeoutError) else _BadGateway()
+
+
+def _forwarded_response(answer: Any, connection: Any, url: str) -> HttpResponse:
+    """The upstream's status, reason and headers (less hop-by-hop ones), its body streamed
+    as it arrives; closing the response closes the connection."""
+    try:
+        if answer.status < 200:  # a 1xx that http.client did not skip (101): not relayed
+            raise BadHeaderError(f"informational status {answer.status}")
+        headers, cookies = _answer_headers(answer)
+        response = _ForwardedResponse(_relay(answer), answer.status, headers=headers)
+        if "content-type" not in {name.lower() for name in headers}:
+            # What a missing type means (RFC 9110 8.3); not the text/html of a view.
+            response["Content-Type"] = "application/octet-stream"
+        if answer.reason:
+            response.reason_phrase = answer.reason
+    except BadHeaderError as exc:
+        answer.close()
+        raise _upstream_error(url, exc) from None
+    response.upstream_cookies = cookies
+    response.add_closer(answer.close)
+    response.add_closer(connection.close)
+    return response
+
+
+def _answer_headers(answer: Any) -> tuple[dict[str, str], list[str]]:
+    """The upstream's headers less hop-by-hop ones, a repeated field joined into one list
+    (RFC 9110 5.3), and its Set-Cookie values apart; BadHeaderError for what cannot be sent."""
+    named = _connection_tokens(", ".join(answer.msg.get_all("Connection") or ()))
+    headers: dict[str, tuple[str, str]] = {}
+    cookies = []
+    for name, raw_value in answer.msg.items():
+        lower = name.lower()
+        if _is_hop_by_hop(lower, named) or (lower == "content-length" and answer.chunked):
+            continue
+        value = check_header(name, _OBS_FOLD.sub(" ", raw_value))[1]  # RFC 9112 5.2
+        if lower == "content-length" and (not (value.isdigit() and value.isascii())
+                                          or headers.get(lower, (name, value))[1] != value):
+            raise BadHeaderError(f"Content-Length {value!r}")  # two framings: smuggling
+        if lower == "set-cookie":
+            cookies.append(value)
+        elif lower in headers and lower != "content-length":  # the same length twice: one
+            headers[lower] = (headers[lower][0], f"{headers[lower][1]}, {value}")
+        else:
+            headers[lower] = (name, value)
+    return dict(headers.values()), cookies
+
+
+def _relay(answer: Any, chunk_size: int = 65536) -> Iterator[bytes]:
+    """The upstream's body as it arrives: read1 returns what is there, not a full chunk."""
+    while chunk := answer.read1(chunk_size):
+        yield chunk
 
 
 # ---------------------------------------------------------------- views

@@ -127,6 +127,7 @@ WSGI_ONLY = {
     "test_dotted_string_middleware_imported_at_startup",
     "test_middleware_factories_called_once_not_per_request",
     "test_custom_reason_phrase_is_the_status_line",
+    "test_proxy_answer_keeps_status_reason_cookies_and_drops_hop_by_hop",
     # Under ASGI a sync view runs in a pool thread and the response closes on the loop's
     # thread: a sqlite3 connection is closed there rather than pooled (see README).
     "test_atomic_view_rolls_back_on_http404_and_the_404_still_goes_out",
@@ -9595,3 +9596,478 @@ def test_a_streaming_body_reads_request_db_until_the_response_closes(tmp_path: P
     assert client.get("/export").text == "first\nsecond\n"
     client.get("/add/third")
     assert connections == [connections[0]] * 4  # pooled again after the stream closed
+
+
+# ============================================================================ forwarding (issue 13)
+
+import http.server  # noqa: E402
+
+
+class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
+    """A backend that records what reached it: `/slow` streams two chunks with a pause the
+    test controls, `/cookies` sends two cookies and hop-by-hop headers, `/status` a 201 with
+    its own reason; anything else answers with what it received, as JSON."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 10
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1  # type: ignore[attr-defined]
+
+    def _read_body(self) -> tuple[bytes, bool]:
+        """The body and whether it arrived whole (a chunked body needs its last chunk)."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            length = int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(length)
+            return data, len(data) == length
+        data = b""
+        for _ in range(10_000):
+            line = self.rfile.readline(100)
+            if not line.endswith(b"\r\n"):
+                return data, False
+            size = int(line[:-2].split(b";")[0], 16)
+            if size == 0:
+                return data, self.rfile.readline(100) == b"\r\n"
+            chunk = self.rfile.read(size + 2)
+            data += chunk[:size]
+            if len(chunk) < size + 2:
+                return data, False
+        return data, False
+
+    def _serve(self) -> None:
+        try:
+            body, whole = self._read_body()
+        except OSError:
+            body, whole = b"", False
+        server: Any = self.server
+        server.records.append({"method": self.command, "path": self.path, "body": body,
+                               "whole": whole, "headers": list(self.headers.items())})
+        if not whole:
+            self.close_connection = True
+            return
+        if self.path.endswith("/slow"):
+            return self._slow(server)
+        if self.path.endswith("/cookies"):
+            payload = b"two cookies"
+            self.send_response(200)
+            for name, value in [("Set-Cookie", "a=1; Path=/; HttpOnly"),
+                                ("Set-Cookie", "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"),
+                                ("Connection", "close, X-Hop"), ("X-Hop", "drop me"),
+                                ("Keep-Alive", "timeout=5"), ("Proxy-Authenticate", "Basic"),
+                                ("Vary", "Accept"), ("Vary", "Cookie"), ("X-Kept", "yes"),
+                                ("Content-Type", "text/plain"),
+                                ("Content-Length", str(len(payload)))]:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if self.path.endswith("/status"):
+            self.send_response(201, "Made It")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        payload = json.dumps({"method": self.command, "path": self.path,
+                              "body": body.decode("latin-1")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _slow(self, server: Any) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"5\r\nfirst\r\n")
+        self.wfile.flush()
+        server.release.wait(10)
+        try:
+            self.wfile.write(b"6\r\nsecond\r\n0\r\n\r\n")
+            self.wfile.flush()
+            server.peer_closed = self.rfile.read(1) == b""  # EOF: the proxy hung up
+        except TimeoutError:
+            server.peer_closed = False  # still connected after `timeout` seconds
+        except OSError:
+            server.peer_closed = True
+        server.finished.set()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+    do_PURGE = _serve
+
+
+@dataclass
+class Backend:
+    server: Any
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.server.records
+
+    def last(self) -> dict[str, Any]:
+        assert wait_until(lambda: self.server.records, 10), "the upstream got no request"
+        return self.server.records[-1]
+
+
+def _headers_of(record: dict[str, Any]) -> dict[str, str]:
+    return {name.lower(): value for name, value in record["headers"]}
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _UpstreamHandler)
+    server.daemon_threads = True
+    server.records, server.connections = [], 0  # type: ignore[attr-defined]
+    server.release, server.finished = threading.Event(), threading.Event()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield Backend(server, server.server_address[1])
+    finally:
+        server.release.set()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()
+        thread.join(15)
+
+
+@contextlib.contextmanager
+def front_server(app: App) -> Iterator[int]:
+    """The app behind microhandler's own server on a free port: its port."""
+    httpd = mh.make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.port
+    finally:
+        httpd.shutdown()
+        thread.join(15)
+
+
+def test_proxy_forwards_method_path_query_body_and_end_to_end_headers(backend: Backend) -> None:
+    app = App(routes=[mh.proxy("/api", backend.url + "/base")])
+    response = Client(app).post(
+        "/api/items/a%20b/%C3%A9", query={"x": "1", "y": " z&"}, body=b"hello",
+        content_type="text/plain",
+        headers={"X-Custom": "kept", "Connection": "X-Private", "X-Private": "secret",
+                 "Keep-Alive": "timeout=5", "TE": "trailers", "Upgrade": "h2c",
+                 "Proxy-Authorization": "Basic eDp5", "X-Forwarded-For": "6.6.6.6",
+                 "X-Forwarded-Host": "forged.example", "Forwarded": "for=6.6.6.6"})
+    assert response.status_code == 200
+    assert response.json() == {"method": "POST", "body": "hello",
+                               "path": "/base/items/a%20b/%C3%A9?x=1&y=+z%26"}
+    headers = _headers_of(backend.last())
+    assert headers["x-custom"] == "kept"
+    assert headers["content-type"] == "text/plain"
+    assert headers["content-length"] == "5"
+    assert headers["host"] == f"127.0.0.1:{backend.port}"
+    assert headers["x-forwarded-for"] == "127.0.0.1"  # the client's own, not what it claimed
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == "testserver"
+    assert headers["connection"] == "close"  # the proxy's own, one connection per request
+    for dropped in ("x-private", "keep-alive", "te", "upgrade", "proxy-authorization",
+                    "forwarded", "transfer-encoding"):
+        assert dropped not in headers, dropped
+
+
+@pytest.mark.filterwarnings("ignore:Unknown REQUEST_METHOD")
+def test_proxy_forwards_every_method_options_and_head_too(backend: Backend) -> None:
+    client = Client(App(routes=[mh.proxy("/api", backend.url)]))
+    for method in ("GET", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"):
+        assert client.request(method, "/api/m").json()["method"] == method
+        assert backend.last()["method"] == method
+    head = client.head("/api/m")
+    assert head.status_code == 200 and head.content == b""
+    assert backend.last()["method"] == "HEAD"
+    assert int(head.headers["Content-Length"]) > 0  # the upstream's, kept
+
+
+def test_proxy_under_include_keeps_forwarding_options(backend: Backend) -> None:
+    client = Client(App(routes=[include("/svc", [mh.proxy("/api", backend.url + "/v1")])]))
+    response = client.options("/svc/api/x")
+    assert response.json()["method"] == "OPTIONS" and response.json()["path"] == "/v1/x"
+
+
+def test_proxy_prefix_itself_below_it_and_not_beside_it(backend: Backend) -> None:
+    client = Client(App(routes=[mh.proxy("/api/", backend.url + "/base/"),
+                                mh.proxy("/root", backend.url)]))
+    assert client.get("/api").json()["path"] == "/base/"
+    assert client.get("/api/").json()["path"] == "/base/"
+    assert client.get("/api/a/b/?q=1").json()["path"] == "/base/a/b/?q=1"
+    assert client.get("/root").json()["path"] == "/"
+    assert client.get("/root/x").json()["path"] == "/x"
+    count = len(backend.records)
+    assert client.get("/apix").status_code == 404
+    assert client.get("/rootx/y").status_code == 404
+    assert len(backend.records) == count
+
+
+def test_proxy_preserve_host_sends_the_clients_host(backend: Backend) -> None:
+    app = App(routes=[mh.proxy("/kept", backend.url, preserve_host=True),
+                      mh.proxy("/own", backend.url)])
+    client = Client(app, host="front.example:8080")
+    client.get("/kept/x")
+    headers = _headers_of(backend.last())
+    assert headers["host"] == headers["x-forwarded-host"] == "front.example:8080"
+    client.get("/own/x")
+    headers = _headers_of(backend.last())
+    assert headers["host"] == f"127.0.0.1:{backend.port}"
+    assert headers["x-forwarded-host"] == "front.example:8080"
+
+
+def test_proxy_preserve_host_never_forwards_a_host_outside_allowed_hosts(
+        backend: Backend) -> None:
+    app = App(allowed_hosts=["front.example"],
+              routes=[mh.proxy("/p", backend.url, preserve_host=True)])
+    assert Client(app, host="evil.example").get("/p/x").status_code == 400
+    assert backend.records == []
+
+
+def test_proxy_answer_keeps_status_reason_cookies_and_drops_hop_by_hop(
+        backend: Backend) -> None:
+    client = Client(App(routes=[mh.proxy("/p", backend.url)]))
+    response = client.get("/p/cookies")
+    assert response.status_code == 200 and response.content == b"two cookies"
+    cookies = [value for name, value in response.header_list if name.lower() == "set-cookie"]
+    assert cookies == ["a=1; Path=/; HttpOnly", "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"]
+    assert client.cookies == {"a": "1", "b": "2"}
+    names = {name.lower() for name, _ in response.header_list}
+    assert not names & {"connection", "x-hop", "keep-alive", "proxy-authenticate"}
+    assert response.headers["X-Kept"] == "yes"
+    assert response.headers["Vary"] == "Accept, Cookie"
+    assert response.headers["Content-Length"] == "11"
+    assert response.headers["Content-Type"] == "text/plain"
+    created = client.post("/p/status")
+    assert (created.status_code, created.reason_phrase) == (201, "Made It")
+    # The upstream sent no type: what that means (RFC 9110), not the text/html of a view.
+    assert created.headers["Content-Type"] == "application/octet-stream"
+
+
+def test_proxy_streams_a_slow_answer_chunk_by_chunk_through_a_real_server(
+        backend: Backend) -> None:
+    with front_server(App(routes=[mh.proxy("/p", backend.url)])) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("GET", "/p/slow")
+            response = connection.getresponse()
+            assert response.status == 200
+            received = b""
+            for _ in range(100):  # read1 may hand over part of a chunk
+                received += response.read1(100)
+                if len(received) >= 5:
+                    break
+            assert received == b"first"
+            assert not backend.server.finished.is_set()  # the upstream is still sending
+            backend.server.release.set()
+            assert response.read() == b"second"
+        finally:
+            connection.close()
+    assert backend.server.finished.wait(10)
+
+
+def test_proxy_closing_the_response_hangs_up_on_the_upstream(backend: Backend) -> None:
+    app = App(routes=[mh.proxy("/p", backend.url)])
+    started: list[Any] = []
+    result = app(make_environ("/p/slow"), lambda status, headers, exc_info=None:
+                 started.append(status))
+    try:
+        assert started == ["200 OK"]
+        assert next(iter(result)) == b"first"
+    finally:
+        result.close()  # the client went away mid-answer
+    backend.server.release.set()
+    assert backend.server.finished.wait(15)
+    assert backend.server.peer_closed
+
+
+def test_proxy_forwards_a_body_a_middleware_has_read(backend: Backend) -> None:
+    def read_form(get_response: Callable[..., Any]) -> Callable[..., Any]:
+        def middleware(request: Request) -> Any:
+            assert request.POST["a"] == "1"  # as a CSRF check does
+            return get_response(request)
+        return middleware
+
+    client = Client(App(middleware=[read_form], routes=[mh.proxy("/p", backend.url)]))
+    assert client.post("/p/form", data={"a": "1", "b": "2"}).json()["body"] == "a=1&b=2"
+    assert _headers_of(backend.last())["content-length"] == "7"
+
+
+def test_proxy_passes_through_the_middleware_onion(backend: Backend) -> None:
+    seen = []
+
+    def stamp(get_response: Callable[..., Any]) -> Callable[..., Any]:
+        def middleware(request: Request) -> HttpResponse:
+            seen.append(request.path)
+            if request.path.endswith("/blocked"):
+                return HttpResponse("no", status=403)
+            response = get_response(request)
+            response["X-Onion"] = "1"
+            return response
+        return middleware
+
+    client = Client(App(middleware=[stamp], routes=[mh.proxy("/p", backend.url)]))
+    response = client.get("/p/x")
+    assert response.status_code == 200 and response.headers["X-Onion"] == "1"
+    assert client.get("/p/blocked").status_code == 403
+    assert seen == ["/p/x", "/p/blocked"]
+    assert [record["path"] for record in backend.records] == ["/x"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_proxy_upstream_down_is_502_saying_nothing_of_it(debug: bool) -> None:
+    port = _closed_port()
+    app = App(debug=debug, routes=[mh.proxy("/p", f"http://127.0.0.1:{port}/secret-path")])
+    response = Client(app).get("/p/x")
+    assert response.status_code == 502
+    for internal in (str(port), "secret-path", "refused", "Errno", "http.client"):
+        assert internal not in response.text
+
+
+def test_proxy_502_page_can_be_styled_by_an_error_handler() -> None:
+    app = App(routes=[mh.proxy("/p", f"http://127.0.0.1:{_closed_port()}")])
+
+    @app.error_handler(502)
+    def bad_gateway(request: Request, exc: Exception) -> HttpResponse:
+        return HttpResponse("The backend is resting.", status=502)
+
+    response = Client(app).get("/p/x")
+    assert (response.status_code, response.text) == (502, "The backend is resting.")
+
+
+def test_proxy_upstream_that_never_answers_is_504() -> None:
+    with socket.socket() as silent:  # listens, so connecting works, but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        app = App(routes=[mh.proxy("/p", f"http://127.0.0.1:{port}", timeout=0.5)])
+        response = Client(app).get("/p/x")
+    assert response.status_code == 504
+    assert str(port) not in response.text and "timed out" not in response.text
+
+
+@pytest.mark.parametrize("answer", [
+    b"SMTP ready\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\nhello",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    b"HTTP/1.1 200 \x01\r\nContent-Length: 0\r\n\r\n",
+])
+def test_proxy_upstream_answering_what_cannot_be_relayed_is_502(answer: bytes) -> None:
+    with socket.socket() as liar:
+        liar.bind(("127.0.0.1", 0))
+        liar.listen(8)
+        liar.settimeout(10)
+
+        def answer_once() -> None:
+            try:
+                conn, _ = liar.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+        thread = threading.Thread(target=answer_once, daemon=True)
+        thread.start()
+        app = App(routes=[mh.proxy("/p", f"http://127.0.0.1:{liar.getsockname()[1]}",
+                                   timeout=5)])
+        response = Client(app).get("/p/x")
+        thread.join(10)
+    assert response.status_code == 502
+    assert response.text == "502 Bad Gateway\n"
+
+
+def test_proxy_body_over_max_body_size_with_length_never_reaches_the_upstream(
+        backend: Backend) -> None:
+    app = App(max_body_size=1000, routes=[mh.proxy("/p", backend.url)])
+    assert Client(app).post("/p/upload", body=b"x" * 5000).status_code == 413
+    assert backend.server.connections == 0
+    assert Client(app).post("/p/upload", body=b"x" * 1000).json()["body"] == "x" * 1000
+
+
+def test_proxy_chunked_body_over_max_body_size_is_cut_off_midway(backend: Backend) -> None:
+    limit, total = 100_000, 300_000
+    app = App(max_body_size=limit, routes=[mh.proxy("/p", backend.url)])
+    chunk = b"y" * 10_000
+    body = b"".join(b"%X\r\n%s\r\n" % (len(chunk), chunk) for _ in range(total // len(chunk)))
+    with front_server(app) as port:
+        raw = exchange(port, b"POST /p/upload HTTP/1.1\r\nHost: front\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 413 ")
+    record = backend.last()  # it started to arrive, streamed ...
+    assert not record["whole"]  # ... and was never completed
+    assert 0 < len(record["body"]) <= limit
+
+
+def test_proxy_streams_a_chunked_body_within_the_limit(backend: Backend) -> None:
+    app = App(routes=[mh.proxy("/p", backend.url)])
+    with front_server(app) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("PUT", "/p/up", body=iter([b"ab", b"cd", b"ef"]),
+                               encode_chunked=True)
+            assert json.loads(connection.getresponse().read())["body"] == "abcdef"
+        finally:
+            connection.close()
+    record = backend.last()
+    assert record["whole"] and _headers_of(record)["transfer-encoding"] == "chunked"
+
+
+@pytest.fixture
+def tls_backend(tmp_path: Path) -> Iterator[tuple[Backend, Path]]:
+    """An https backend whose certificate is signed by a test CA; the CA's file is
+    returned, not trusted anywhere yet."""
+    import ssl
+
+    import trustme
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _UpstreamHandler)
+    server.daemon_threads = True
+    server.records, server.connections = [], 0  # type: ignore[attr-defined]
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    try:
+        yield Backend(server, server.server_address[1]), ca_file
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(15)
+
+
+def test_proxy_https_upstream_verified_with_the_default_context(
+        tls_backend: tuple[Backend, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    tls, ca_file = tls_backend
+    url = f"https://127.0.0.1:{tls.port}/secure"
+    # Not trusted: the default context verifies the certificate and refuses it.
+    assert Client(App(routes=[mh.proxy("/p", url)])).get("/p/x").status_code == 502
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the default context trusts the CA
+    response = Client(App(routes=[mh.proxy("/p", url)])).get("/p/x?q=1")
+    assert response.status_code == 200 and response.json()["path"] == "/secure/x?q=1"
+
+
+@pytest.mark.parametrize("prefix, upstream", [
+    ("/p", "ftp://127.0.0.1/"), ("/p", "127.0.0.1:8000"), ("/p", "http://u:pw@127.0.0.1/"),
+    ("/p", "http://127.0.0.1:99999/"), ("/p", "http://127.0.0.1/?q=1"), ("p", "http://h/"),
+])
+def test_proxy_refuses_an_upstream_it_cannot_use(prefix: str, upstream: str) -> None:
+    with pytest.raises(ImproperlyConfigured):
+        mh.proxy(prefix, upstream)
