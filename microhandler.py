@@ -1081,9 +1081,9 @@ class Request:
             port = environ.get("SERVER_PORT", "")
             if port and port != ("443" if self.is_secure else "80"):
                 host = f"{host}:{port}"
-        host = host.lower()
         # isascii first: lower() maps some non-ASCII letters (the Kelvin sign) to ASCII ones.
-        match = _HOST_SYNTAX.fullmatch(host) if host.isascii() else None
+        host = host.lower() if host.isascii() else ""
+        match = _HOST_SYNTAX.fullmatch(host)
         if match is None:
             raise BadRequest("Invalid Host header")
         allowed = self.app.allowed_hosts if self.app is not None else None
@@ -4110,7 +4110,8 @@ class Client:
     def _environ(self, method: str, path: str, query: Mapping[str, Any] | None, body: bytes,
                  content_type: str | None, headers: Mapping[str, str] | None) -> dict[str, Any]:
         from urllib.parse import urlencode
-        target = urlsplit(path)
+        # A path "//x/y" is a path, not the host x (urlsplit alone would read a host).
+        target = urlsplit("http://testserver" + path if path.startswith("/") else path)
         query_string = target.query
         if query:
             query_string += ("&" if query_string else "") + urlencode(query, doseq=True)
