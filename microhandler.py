@@ -1134,13 +1134,11 @@ class Request:
 
     @property
     def encoding(self) -> str:
-        """The charset GET and POST are decoded with: the one set on the request, else the
-        body's charset when it is a text encoding, else UTF-8 (as Django)."""
+        """The charset forms are decoded with: the one set on the request, else the body's
+        charset when it is a text encoding, else UTF-8."""
         chosen = self.__dict__.get("_encoding")
         if chosen is not None:
             return chosen
-        if not self.environ.get("CONTENT_TYPE"):  # PERF: the usual GET has no body type
-            return "utf-8"
         charset = self.content_params.get("charset", "utf-8")
         return charset if _is_form_charset(charset) else "utf-8"
 
@@ -1250,7 +1248,10 @@ class Request:
     # -- query, forms and cookies
     @_lazy
     def GET(self) -> QueryDict:
-        return QueryDict(self.environ.get("QUERY_STRING", ""), encoding=self.encoding)
+        # UTF-8 (RFC 3986) unless request.encoding was set: unlike Django, the body's
+        # charset is not applied to the URL (a UTF-16 JSON body would garble the query).
+        encoding = self.__dict__.get("_encoding") or "utf-8"
+        return QueryDict(self.environ.get("QUERY_STRING", ""), encoding=encoding)
 
     @_lazy
     def COOKIES(self) -> dict[str, str]:
