@@ -53,13 +53,13 @@ __all__ = [
     "DisallowedRedirect", "FileResponse", "Headers", "Http404", "HttpError", "HttpResponse",
     "HttpResponseRedirect", "ImproperlyConfigured", "JsonResponse", "LimitedStream",
     "MethodNotAllowed", "MiddlewareNotUsed", "MultiDict", "NoReverseMatch", "PermissionDenied",
-    "QueryDict", "Request", "RequestDataTooBig", "Resolver", "ResolverMatch", "Route",
-    "SafeString", "Signal", "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader",
-    "TemplateResponse", "UploadedFile", "View", "WebSocket", "WebSocketDisconnect",
-    "WebSocketSession", "check_header", "convert_exception_to_response", "escape",
-    "got_request_exception", "include", "is_safe_url", "main", "make_server", "mark_safe",
-    "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "proxy", "redirect",
-    "request_finished", "request_started", "route", "serve", "static",
+    "QueryDict", "RawPostDataException", "Request", "RequestDataTooBig", "Resolver",
+    "ResolverMatch", "Route", "SafeString", "Signal", "StreamingHttpResponse", "Template",
+    "TemplateError", "TemplateLoader", "TemplateResponse", "UploadedFile", "View", "WebSocket",
+    "WebSocketDisconnect", "WebSocketSession", "check_header", "convert_exception_to_response",
+    "escape", "got_request_exception", "include", "is_safe_url", "main", "make_server",
+    "mark_safe", "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "proxy",
+    "redirect", "request_finished", "request_started", "route", "serve", "static",
 ]
 
 
@@ -119,6 +119,11 @@ class RequestDataTooBig(HttpError):
 
 class ImproperlyConfigured(Exception):
     """The application is set up wrongly (a middleware, a route, a missing secret_key)."""
+
+
+class RawPostDataException(Exception):
+    """The body was asked for (`body`, `POST`, `FILES`, `json`) after part of it was read
+    from `request.stream`: a programming error (a 500), as in Django; read it first."""
 
 
 class MiddlewareNotUsed(Exception):
@@ -950,13 +955,24 @@ class LimitedStream:
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
 
+    def tell(self) -> int:
+        """How many bytes were read so far."""
+        return self._read
+
     def exhausted(self) -> bool:
         return self._remaining is not None and self._remaining <= 0
 
 
 # What quote() leaves alone in a path: RFC 3986 pchar and "/".
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
-_HOST_SYNTAX = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(:[0-9]{1,5})?")
+# What quote() leaves alone in a whole URI (Django's iri_to_uri): reserved characters and "%".
+_URI_SAFE = "/#%[]=:;$&()+,!?*@'~"
+# Django's host grammar (django.http.request.host_validation_re) with a domain name's
+# labels spelled out: a domain name or IPv4 address (no empty label, one optional trailing
+# dot) or a bracketed IPv6 literal, then an optional port. Labels are separated by a
+# required dot, so matching is linear.
+_HOST_SYNTAX = re.compile(
+    r"((?:[a-z0-9-]+\.)*[a-z0-9-]+\.?|\[[a-f0-9]*:[a-f0-9.:]+\])(?::[0-9]{1,5})?")
 _MISSING: Any = object()
 
 
@@ -971,6 +987,7 @@ def _host_is_allowed(domain: str, allowed_hosts: Iterable[str]) -> bool:
     return False
 
 
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _FORM_FIELD = re.compile(rb"[^&]+")
 _UTF_LABELS = frozenset({"utf-8", "utf8", "utf-16", "utf-16le", "utf-16be", "utf-32",
                          "utf-32le", "utf-32be"})
@@ -1089,7 +1106,8 @@ class Request:
             port = environ.get("SERVER_PORT", "")
             if port and port != ("443" if self.is_secure else "80"):
                 host = f"{host}:{port}"
-        host = host.lower()
+        # isascii first: lower() maps some non-ASCII letters (the Kelvin sign) to ASCII ones.
+        host = host.lower() if host.isascii() else ""
         match = _HOST_SYNTAX.fullmatch(host)
         if match is None:
             raise BadRequest("Invalid Host header")
@@ -1099,12 +1117,28 @@ class Request:
         return host
 
     def build_absolute_uri(self, location: str | None = None) -> str:
-        """An absolute URL for `location` (default: this request's path and query)."""
-        from urllib.parse import urljoin
-        current = quote(self.path, safe=_PATH_SAFE)
+        """An absolute URL for `location`, by Django's rules: an absolute URL is returned as
+        it is, anything else is joined to this request's URL. Without `location`, this
+        request's path and query, on its own host even when the path starts with "//"."""
+        origin = f"{self.scheme}://{self.host}"
+        path = quote(self.path, safe=_PATH_SAFE)
         if location is None:
-            location = current + (f"?{self.query_string}" if self.query_string else "")
-        return urljoin(f"{self.scheme}://{self.host}{current}", location)
+            # Never joined: urljoin would read a path "//evil.example/x" as a host.
+            query = self.query_string
+            if not query:
+                return origin + path
+            # PEP 3333 hands the query's bytes over as latin-1: quote those bytes.
+            return f"{origin}{path}?{quote(query, _URI_SAFE, 'latin-1', 'replace')}"
+        parts = urlsplit(location)
+        if not (parts.scheme and parts.netloc):
+            if (parts.path.startswith("/") and not parts.scheme and not parts.netloc
+                    and not _DOT_SEGMENT.search(parts.path)):
+                # A rooted path ("///x" too: no host in it) needs no join.
+                location = origin + location.removeprefix("//")
+            else:
+                from urllib.parse import urljoin
+                location = urljoin(origin + path, location)
+        return quote(location, safe=_URI_SAFE)
 
     # -- headers
     @_lazy
@@ -1125,8 +1159,20 @@ class Request:
 
     @property
     def encoding(self) -> str:
+        """The charset forms are decoded with: the one set on the request, else the body's
+        charset when it is a text encoding, else UTF-8."""
+        chosen = self.__dict__.get("_encoding")
+        if chosen is not None:
+            return chosen
         charset = self.content_params.get("charset", "utf-8")
         return charset if _is_form_charset(charset) else "utf-8"
+
+    @encoding.setter
+    def encoding(self, value: str) -> None:
+        """As Django: the next access to GET and POST decodes them again, with `value`."""
+        self.__dict__["_encoding"] = value
+        self.__dict__.pop("GET", None)
+        self.__dict__.pop("POST", None)
 
     @_lazy
     def content_length(self) -> int | None:
@@ -1167,10 +1213,26 @@ class Request:
 
     @_lazy
     def body(self) -> bytes:
+        """The whole body; afterwards `stream` reads it again, from memory."""
+        self._refuse_if_streamed("request.body")
+        data = self.stream.read()
+        self.__dict__["stream"] = LimitedStream(io.BytesIO(data), len(data))
+        return data
+
+    def _refuse_if_streamed(self, what: str) -> None:
+        """RawPostDataException when bytes were taken from the server's stream other than
+        by `body`: what is left of it is not the body (Django's rule)."""
+        stream = self.__dict__.get("stream")
+        if stream is None or not stream.tell() or "body" in self.__dict__:
+            return
         if self.__dict__.get("_body_streamed"):
-            raise RuntimeError("request.body cannot be read after POST/FILES consumed "
-                               "the multipart stream; read request.body first")
-        return self.stream.read()
+            raise RawPostDataException(
+                f"{what} cannot be read: POST and FILES were parsed from the multipart "
+                "stream, which is not kept in memory. Read request.body first, and set "
+                "request.encoding before reading POST")
+        raise RawPostDataException(
+            f"{what} cannot be read after part of the body was read from request.stream; "
+            f"read {what} first (request.stream then reads the body again, from memory)")
 
     @_lazy
     def json(self) -> Any:
@@ -1179,6 +1241,7 @@ class Request:
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise BadRequest("Expected a JSON body (Content-Type: application/json)")
         import json
+        self._refuse_if_streamed("request.json")
         body = self.body
         # RFC 8259: UTF-8, or UTF-16/32 told by the first bytes. Decoded strictly here:
         # json.loads(bytes) would accept encoded lone surrogates.
@@ -1210,7 +1273,10 @@ class Request:
     # -- query, forms and cookies
     @_lazy
     def GET(self) -> QueryDict:
-        return QueryDict(self.environ.get("QUERY_STRING", ""))
+        # UTF-8 (RFC 3986) unless request.encoding was set: unlike Django, the body's
+        # charset is not applied to the URL (a UTF-16 JSON body would garble the query).
+        encoding = self.__dict__.get("_encoding") or "utf-8"
+        return QueryDict(self.environ.get("QUERY_STRING", ""), encoding=encoding)
 
     @_lazy
     def COOKIES(self) -> dict[str, str]:
@@ -1230,20 +1296,21 @@ class Request:
         return self.__dict__["FILES"]
 
     def _load_post_and_files(self) -> None:
+        """Parse a form for POST requests only, as Django: other methods read request.body
+        or request.json."""
         fields: list[tuple[str, Any]] = []
         files: list[tuple[str, Any]] = []
-        content_type = self.content_type
-        if self.method in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE") and not (
-                self.content_length or self.environ.get("wsgi.input_terminated")):
-            pass
-        elif content_type == "application/x-www-form-urlencoded":
-            fields = self._parse_urlencoded()
-        elif content_type == "multipart/form-data":
-            fields, files = self._read_multipart()
+        if self.method == "POST":
+            content_type = self.content_type
+            if content_type == "application/x-www-form-urlencoded":
+                fields = self._parse_urlencoded()
+            elif content_type == "multipart/form-data":
+                fields, files = self._read_multipart()
         self.__dict__["POST"] = QueryDict(fields)
         self.__dict__["FILES"] = MultiDict(files)
 
     def _parse_urlencoded(self) -> list[tuple[str, Any]]:
+        self._refuse_if_streamed("request.POST")
         body = self.body
         limit = self._max_form_fields
         # Empty fields ("a=1&&") do not count; the scan stops one past the limit.
@@ -1257,6 +1324,8 @@ class Request:
         if "body" in self.__dict__:
             read: Callable[[int], bytes] = io.BytesIO(self.__dict__["body"]).read
         else:
+            self._refuse_if_streamed("request.POST/FILES")
+            # PERF: uploads go from the stream to their files, never all held in memory.
             self.__dict__["_body_streamed"] = True
             read = self.stream.read
         fields, files = _parse_multipart(read, boundary, max_fields=self._max_form_fields,
@@ -3105,13 +3174,13 @@ class Resolver:
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
         self._static: dict[str, list[Route]] = {}
-        self._by_name: dict[str, list[Route]] = {}
+        self._by_name: dict[str, Route] = {}
         by_prefix: dict[str, list[Route]] = {"": []}
         # Registration order lives here, not on the Route: one Route may serve two Apps.
         self._order = {item: index for index, item in reversed(list(enumerate(self.routes)))}
         for item in self.routes:
             if item.name:
-                self._by_name.setdefault(item.name, []).append(item)
+                self._name_route(item)
             if item.literal is not None:
                 self._static.setdefault(item.literal, []).append(item)
             else:
@@ -3127,6 +3196,15 @@ class Resolver:
                              if self.candidates(path)[0] is routes[0]
                              and not any(r.match(path) for r in self.candidates(path)
                                          if self._order[r] < self._order[routes[0]])}
+
+    def _name_route(self, item: Route) -> None:
+        # Django lets reverse() pick among routes of one name; we refuse: a link silently
+        # going to the other page is worse than an error at start-up.
+        first = self._by_name.setdefault(item.name or "", item)
+        if first is not item:
+            raise ImproperlyConfigured(
+                f"Two routes are named {item.name!r}: {first.pattern!r} and "
+                f"{item.pattern!r}; give each route its own name")
 
     def _bucket(self, prefix: str, by_prefix: dict[str, list[Route]]) -> list[Route]:
         shorter = [key for key in by_prefix if prefix.startswith(key)]
@@ -3164,18 +3242,16 @@ class Resolver:
         raise Http404()
 
     def reverse(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-        routes = self._by_name.get(name)
-        if not routes:
+        item = self._by_name.get(name)
+        if item is None:
             raise NoReverseMatch(f"No route is named {name!r}")
-        for item in routes:
-            path = item.build(args, kwargs)
-            if path is not None:
-                # "//host" would be read as another site by a browser (a path converter
-                # value starting with "/"): keep it a path.
-                return "/%2F" + path[2:] if path.startswith("//") else path
-        patterns = ", ".join(repr(r.pattern) for r in routes)
-        raise NoReverseMatch(f"Route {name!r} ({patterns}) does not fit args={tuple(args)!r} "
-                             f"kwargs={dict(kwargs)!r}")
+        path = item.build(args, kwargs)
+        if path is None:
+            raise NoReverseMatch(f"Route {name!r} ({item.pattern!r}) does not fit "
+                                 f"args={tuple(args)!r} kwargs={dict(kwargs)!r}")
+        # "//host" would be read as another site by a browser (a path converter value
+        # starting with "/"): keep it a path.
+        return "/%2F" + path[2:] if path.startswith("//") else path
 
     def describe(self) -> str:
         """A listing of the compiled routes, in the order they are tried."""
@@ -3630,7 +3706,8 @@ class _Lease:
         idle, self.idle = self.idle, None
         if idle is None or self.thread != _thread.get_ident():
             # Not from its own thread (sqlite3 refuses that): dropped, never pooled, and
-            # the driver closes it with the last reference.
+            # the driver closes it (rolling back) with the last reference, held here.
+            self.connection = None
             return
         if not self.failed:
             try:
@@ -3883,6 +3960,24 @@ def _loggable(text: str) -> str:
     return text.translate(_LOG_ESCAPES)
 
 
+# Beyond control characters: line and paragraph separators and bidirectional overrides,
+# which can forge or reorder a log line once the path is decoded as UTF-8.
+_PATH_LOG_ESCAPES = {**_LOG_ESCAPES, **{code: f"\\u{code:04x}" for code in (
+    0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}}
+
+
+def _logged_path(request: Request) -> str:
+    """The request's path for a log line, decoded as UTF-8 (`/café`, not `/cafÃ©`): bytes
+    that are not UTF-8 show as `\\xff`, control characters escaped."""
+    raw = request.environ.get("SCRIPT_NAME", "").rstrip("/") + request.environ.get(
+        "PATH_INFO", "")
+    try:
+        text = raw.encode("latin-1").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # not a PEP 3333 string: shown as it is, escaped
+        text = raw
+    return text.translate(_PATH_LOG_ESCAPES)
+
+
 def _name_of(thing: Any) -> str:
     name = getattr(thing, "__qualname__", None) or type(thing).__qualname__
     module = getattr(thing, "__module__", None)
@@ -3899,12 +3994,6 @@ def _hook_name(hook: Any) -> str:
 
 def _handler_name(handler: Any) -> str:
     return f"The error handler {_name_of(handler)}"
-
-
-def _logged_path(request: Request) -> str:
-    """The request's path for a log line: decoded as UTF-8 (`/café`), controls escaped."""
-    raw = request.environ.get("PATH_INFO", "")
-    return _loggable(raw.encode("latin-1", "replace").decode("utf-8", "replace"))
 
 
 class _Hooks:
@@ -4889,24 +4978,81 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- test client
 
+class _ClientHeaders:
+    """A response's headers as the client got them, as Werkzeug's test client has them:
+    case-insensitive; `h[name]` is the first value, `h.getlist(name)` every value (one per
+    Set-Cookie), `h.items()` every (name, value) pair in the order sent."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._pairs = list(pairs)
+        self._values: dict[str, list[str]] = {}
+        self._names: dict[str, str] = {}  # lowercased -> as first sent
+        for name, value in self._pairs:
+            self._values.setdefault(name.lower(), []).append(value)
+            self._names.setdefault(name.lower(), name)
+
+    def __getitem__(self, name: str) -> str:
+        values = self._values.get(name.lower()) if isinstance(name, str) else None
+        if not values:
+            raise KeyError(name)
+        return values[0]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        values = self._values.get(name.lower())
+        return values[0] if values else default
+
+    def getlist(self, name: str) -> list[str]:
+        return list(self._values.get(name.lower(), ()))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names.values())
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def keys(self) -> list[str]:
+        """Each name once, as first sent (so `dict(headers)` holds the first values)."""
+        return list(self._names.values())
+
+    def values(self) -> list[str]:
+        return [value for _, value in self._pairs]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._pairs)
+
+    def __repr__(self) -> str:
+        return f"<headers {self._pairs!r}>"
+
+
 class ClientResponse:
-    """What a Client call returns: status, headers, body, cookies and the Request used."""
+    """What a Client call returns: status, headers, body, cookies and the Request used.
+    `exc_info` holds the server error the app answered with a 500, when the Client was
+    made with raise_server_exceptions=False (as Django's test client)."""
 
     def __init__(self, status: str, headers: list[tuple[str, str]], content: bytes,
                  request: Request | None, environ: dict[str, Any]) -> None:
-        self.status_code = int(status.split(" ", 1)[0])
-        self.reason_phrase = status.split(" ", 1)[1] if " " in status else ""
+        code, _, reason = status.partition(" ")
+        self.status_code = int(code)
+        self.reason_phrase = reason
         self.header_list = headers
-        self.headers = _CaseInsensitiveDict(headers)
+        self.headers = _ClientHeaders(headers)
         self.content = content
         self.request = request
         self.environ = environ
         self.redirect_chain: list[tuple[str, int]] = []
         self.cookies: dict[str, str] = {}
+        self.exc_info: tuple[type[BaseException], BaseException, Any] | None = None
 
     @property
     def text(self) -> str:
-        return self.content.decode(_charset_of(self.headers.get("Content-Type", "")), "replace")
+        charset = _charset_of(self.headers.get("Content-Type", ""))
+        try:
+            return self.content.decode(charset, "replace")
+        except LookupError:  # a charset Python does not know, or not a text encoding
+            return self.content.decode("utf-8", "replace")
 
     def json(self) -> Any:
         import json
@@ -4917,29 +5063,6 @@ class ClientResponse:
 
     def __repr__(self) -> str:
         return f"<ClientResponse {self.status_code} {self.headers.get('Content-Type', '')!r}>"
-
-
-class _CaseInsensitiveDict(dict):
-    """Response headers for tests: case-insensitive; a repeated header joins with ", "."""
-
-    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
-        super().__init__()
-        self._names: dict[str, str] = {}
-        for name, value in items:
-            key = name.lower()
-            if key in self._names:
-                value = f"{super().__getitem__(self._names[key])}, {value}"
-            self._names[key] = self._names.get(key, name)
-            super().__setitem__(self._names[key], value)
-
-    def __getitem__(self, name: str) -> str:
-        return super().__getitem__(self._names[name.lower()])
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._names
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self[name] if name in self else default  # noqa: SIM401 (case-insensitive)
 
 
 def _encode_multipart(data: Mapping[str, Any], files: Mapping[str, Any]) -> tuple[bytes, str]:
@@ -5031,12 +5154,17 @@ class Client:
         response = self._send(method, path, query, payload, content_type, headers)
         chain: list[tuple[str, int]] = []
         while follow and response.status_code in (301, 302, 303, 307, 308) and len(chain) < 20:
-            location = response.headers["Location"]
+            location = response.headers.get("Location")
+            try:
+                target = urlsplit(location or "")
+            except ValueError:  # "http://[x": a browser would not follow it either
+                break
+            if not location:
+                break
             chain.append((location, response.status_code))
             if response.status_code in (301, 302, 303) and method != "HEAD":
                 # Browsers turn a redirected POST into a GET; 307/308 keep method and body.
                 method, payload, content_type = "GET", b"", None
-            target = urlsplit(location)
             next_path = target.path or path
             response = self._send(method, next_path + (f"?{target.query}" if target.query
                                                        else ""), None, payload, content_type,
@@ -5064,7 +5192,8 @@ class Client:
     def _environ(self, method: str, path: str, query: Mapping[str, Any] | None, body: bytes,
                  content_type: str | None, headers: Mapping[str, str] | None) -> dict[str, Any]:
         from urllib.parse import urlencode
-        target = urlsplit(path)
+        # A path "//x/y" is a path, not the host x (urlsplit alone would read a host).
+        target = urlsplit("http://testserver" + path if path.startswith("/") else path)
         query_string = target.query
         if query:
             query_string += ("&" if query_string else "") + urlencode(query, doseq=True)
@@ -5113,15 +5242,26 @@ class Client:
             else:
                 status, header_list, content = self._call_asgi(scope, body)
                 request = scope.get("microhandler.request")
+        except Exception as exc:
+            if self.raise_server_exceptions:
+                raise
+            # The app raised into the server: a server would answer 500, and so do we.
+            captured.append(exc)
+            status, content = "500 Internal Server Error", b"500 Internal Server Error\n"
+            header_list = [("Content-Type", "text/plain; charset=utf-8")]
+            request = None
         finally:
             got_request_exception.disconnect(capture)
         if captured and self.raise_server_exceptions:
             raise captured[0]
         response = ClientResponse(status, header_list, content, request, environ)
+        if captured:
+            response.exc_info = (type(captured[0]), captured[0], captured[0].__traceback__)
         self._store_cookies(response)
         return response
 
     def _call_wsgi(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Status, headers and body, through wsgiref.validate; the body iterated and closed."""
         from wsgiref.validate import validator
         started: list[Any] = []
 
@@ -5135,6 +5275,8 @@ class Client:
             content = b"".join(result)
         finally:
             result.close()
+        if not started:
+            raise RuntimeError(f"{_name_of(self.app)} returned without calling start_response")
         return started[0], started[1], content
 
     def _call_asgi(self, scope: dict[str, Any],

@@ -134,6 +134,8 @@ WSGI_ONLY = {
     "test_request_db_without_atomic_requests_commits_only_what_the_view_commits",
     "test_connection_pool_is_per_thread_and_drops_failed_connections",
     "test_a_streaming_body_reads_request_db_until_the_response_closes",
+    "test_atomic_view_rolls_back_when_process_exception_answers",
+    "test_commit_failure_is_a_500_and_writes_nothing",
 }
 _CLIENT_INIT = Client.__init__
 
@@ -10071,3 +10073,557 @@ def test_proxy_https_upstream_verified_with_the_default_context(
 def test_proxy_refuses_an_upstream_it_cannot_use(prefix: str, upstream: str) -> None:
     with pytest.raises(ImproperlyConfigured):
         mh.proxy(prefix, upstream)
+
+
+
+# ============================================================================ request, routing, test client (issue 9)
+# Written from Django's documented behaviour and the situations of Django's own
+# tests/requests_tests (body and stream, encoding, hosts, build_absolute_uri).
+
+from microhandler import RawPostDataException, Resolver  # noqa: E402
+
+
+def _post_environ(body: bytes, content_type: str = FORM, method: str = "POST",
+                  **kwargs: Any) -> dict[str, Any]:
+    return req_make_environ(method, body=body, content_type=content_type, **kwargs)
+
+
+def test_stream_reads_the_body_again_after_body_or_POST() -> None:
+    # Django's test_read_after_value: POST, then body, then the stream, all agree.
+    request = Request(_post_environ(b"name=value"))
+    assert request.POST.dict() == {"name": "value"}
+    assert request.body == b"name=value"
+    assert request.stream.read() == b"name=value"
+    # The stream is the body held in memory: lines and iteration work too.
+    request = Request(_post_environ(b"a=1\nb=2", content_type="text/plain"))
+    assert request.body == b"a=1\nb=2"
+    assert request.stream.readline() == b"a=1\n"
+    assert list(request.stream) == [b"b=2"]
+
+
+def test_POST_after_body_and_a_stream_read() -> None:
+    # Django's test_POST_after_body_read_and_stream_read(_multipart): reading the stream
+    # after body does not disturb POST, urlencoded or multipart.
+    request = Request(_post_environ(b"name=value"))
+    assert request.body == b"name=value"
+    assert request.stream.read(1) == b"n"
+    assert request.POST.dict() == {"name": "value"}
+    body, content_type = req_multipart([("name", "value")])
+    request = Request(_post_environ(body, content_type))
+    assert request.body == body
+    assert request.stream.read(13) == body[:13]
+    assert request.POST.dict() == {"name": "value"}
+
+
+@pytest.mark.parametrize("use", ["body", "POST", "FILES", "json"])
+def test_partial_stream_read_then_body_raises_RawPostDataException(use: str) -> None:
+    # Django's test_value_after_read: what is left of the stream is not the body.
+    bodies = {"body": (b"name=value", FORM), "POST": (b"name=value", FORM),
+              "FILES": req_multipart([("a", "1")], [("f", "f.txt", b"data", "text/plain")]),
+              "json": (b'{"name": "value"}', "application/json")}
+    request = Request(_post_environ(*bodies[use]))
+    assert request.stream.read(2) == bodies[use][0][:2]
+    with pytest.raises(RawPostDataException, match="request.stream"):
+        getattr(request, use)
+
+
+def test_stream_made_but_not_read_leaves_the_body_whole() -> None:
+    request = Request(_post_environ(b"name=value"))
+    assert request.stream.read(0) == b""
+    assert request.body == b"name=value"
+    assert request.POST.dict() == {"name": "value"}
+
+
+def test_body_after_multipart_POST_raises_RawPostDataException() -> None:
+    # Django's test_body_after_POST_multipart_form_data: uploads are not kept in memory
+    # twice, and the body is not silently empty either.
+    body, content_type = req_multipart([("name", "value")])
+    request = Request(_post_environ(body, content_type))
+    assert request.POST.dict() == {"name": "value"}
+    with pytest.raises(RawPostDataException, match="multipart"):
+        request.body
+    # Reading body first keeps both.
+    request = Request(_post_environ(body, content_type))
+    assert request.body == body
+    assert request.POST.dict() == {"name": "value"}
+
+
+def test_RawPostDataException_is_a_500_naming_the_cause() -> None:
+    def partial_then_post(request: Request) -> Any:
+        request.stream.read(2)
+        return request.POST
+
+    probe = Probe(debug=True)
+    result = probe(partial_then_post, _post_environ(b"name=value"))
+    assert result.status == 500
+    assert "RawPostDataException" in result.text and "request.stream" in result.text
+    quiet = Probe()
+    result = quiet(partial_then_post, _post_environ(b"name=value"))
+    assert result.status == 500 and "RawPostDataException" not in result.text
+    assert issubclass(RawPostDataException, Exception)
+    assert "RawPostDataException" in mh.__all__
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "GET", "OPTIONS"])
+def test_POST_and_FILES_are_parsed_for_POST_only(method: str) -> None:
+    # Django: other methods read request.body; POST and FILES stay empty.
+    request = Request(_post_environ(b"a=1&b=2", method=method))
+    assert (request.POST.dict(), len(request.FILES)) == ({}, 0)
+    assert request.body == b"a=1&b=2"
+    body, content_type = req_multipart([("a", "1")], [("f", "f.txt", b"data", None)])
+    request = Request(_post_environ(body, content_type, method=method))
+    assert (request.POST.dict(), len(request.FILES)) == ({}, 0)
+    assert request.body == body
+
+
+def test_POST_of_other_content_types_is_empty_and_body_stays_readable() -> None:
+    # Django's test_POST_binary_only and test_body_after_POST_multipart_related.
+    payload = b"\r\n\x01\x00\x00\x00ab\x00\x00\xcd\xcc,@"
+    for content_type in ("application/octet-stream", "", "multipart/related; boundary=b"):
+        request = Request(_post_environ(payload, content_type))
+        assert (request.POST.dict(), len(request.FILES)) == ({}, 0)
+        assert request.body == payload
+
+
+def test_client_put_form_reaches_body_not_POST() -> None:
+    app = App()
+
+    @app.route("/f", methods=["POST", "PUT"])
+    def form(request):
+        return {"POST": request.POST.dict(), "body": request.body.decode()}
+
+    client = Client(app)
+    assert client.post("/f", data={"a": "1"}).json() == {"POST": {"a": "1"}, "body": "a=1"}
+    assert client.put("/f", data={"a": "1"}).json() == {"POST": {}, "body": "a=1"}
+
+
+def test_setting_encoding_decodes_POST_and_GET_again() -> None:
+    # Django's test_set_encoding_clears_POST and test_set_encoding_clears_GET.
+    request = Request(_post_environ("name=Hello Günter".encode()))
+    assert request.POST.dict() == {"name": "Hello Günter"}
+    request.encoding = "iso-8859-16"
+    assert request.encoding == "iso-8859-16"
+    assert request.POST.dict() == {"name": "Hello GĂŒnter"}
+    request = Request(req_make_environ(query="name=Hello%20G%C3%BCnter"))
+    assert request.GET.dict() == {"name": "Hello Günter"}
+    request.encoding = "iso-8859-16"
+    assert request.GET.dict() == {"name": "Hello G\u0102\u0152nter"}
+
+
+def test_encoding_set_before_reading_applies_to_multipart() -> None:
+    body, content_type = req_multipart([("name", "Günter")])
+    request = Request(_post_environ(body, content_type))
+    request.encoding = "iso-8859-16"
+    assert request.POST.dict() == {"name": "GĂŒnter"}
+    # After body, a multipart form can be decoded again; after streaming it, it cannot.
+    request = Request(_post_environ(body, content_type))
+    assert request.body == body and request.POST.dict() == {"name": "Günter"}
+    request.encoding = "iso-8859-16"
+    assert request.POST.dict() == {"name": "GĂŒnter"}
+    request = Request(_post_environ(body, content_type))
+    assert request.POST.dict() == {"name": "Günter"}
+    request.encoding = "iso-8859-16"
+    with pytest.raises(RawPostDataException, match="encoding"):
+        request.POST
+
+
+def test_encoding_defaults_to_the_body_charset_then_utf8() -> None:
+    request = Request(_post_environ(b"a=%E9", f"{FORM}; charset=latin-1", query="q=%C3%A9"))
+    assert codecs.lookup(request.encoding).name == "iso8859-1"
+    # The body's charset decodes the form, not the URL (a deliberate difference).
+    assert request.POST["a"] == "é" and request.GET["q"] == "é"
+    request = Request(_post_environ(b'{"a": 1}', "application/json; charset=utf-16",
+                                    query="page=2"))
+    assert request.GET.dict() == {"page": "2"}
+    request = Request(req_make_environ(query="q=%C3%A9"))
+    assert request.encoding == "utf-8" and request.GET["q"] == "é"
+
+
+# ---------------------------------------------------------------------------- build_absolute_uri
+
+def test_build_absolute_uri_when_the_path_begins_with_two_slashes() -> None:
+    # Django's test_request_path_begins_with_two_slashes.
+    request = Request(req_make_environ(path="//absolute-uri"))
+    cases = [
+        (None, "http://testserver//absolute-uri"),
+        ("http://example.com/?foo=bar", "http://example.com/?foo=bar"),
+        ("//example.com/?foo=bar", "http://example.com/?foo=bar"),
+        ("/foo/bar/", "http://testserver/foo/bar/"),
+        ("/foo/./bar/", "http://testserver/foo/bar/"),
+        ("/foo/../bar/", "http://testserver/bar/"),
+        ("///foo/bar/", "http://testserver/foo/bar/"),
+    ]
+    for location, expected in cases:
+        assert request.build_absolute_uri(location) == expected, location
+
+
+@pytest.mark.parametrize("path", ["//evil.example/login", "///evil.example", "//evil.example",
+                                  "/\\evil.example", "//evil.example:80@x/"])
+def test_build_absolute_uri_of_the_request_never_leaves_its_host(path: str) -> None:
+    request = Request(req_make_environ(path=path, query="next=%2F"))
+    uri = request.build_absolute_uri()
+    assert uri.startswith("http://testserver/"), uri
+    assert urlsplit(uri).hostname == "testserver"
+    assert urlsplit(uri).path == quote(path, safe="/:@!$&'()*+,;=-._~")
+    assert urlsplit(uri).query == "next=%2F"
+
+
+def test_redirect_to_the_built_uri_of_a_double_slash_path_stays_on_site() -> None:
+    # The open redirect: a middleware redirecting to build_absolute_uri() (to https, to
+    # add a slash...) must not send a visitor of //evil.example/login to evil.example.
+    app = App()
+    app.add_route("^/.*", lambda request: HttpResponseRedirect(request.build_absolute_uri()))
+    location = Client(app).get("//evil.example/login").headers["Location"]
+    assert location == "http://testserver//evil.example/login"
+
+
+def test_build_absolute_uri_locations() -> None:
+    # Django's test_absolute_url and test_host_retrieval, and relative locations joined
+    # to the current path.
+    request = Request(req_make_environ(path="/a/b/c", host="www.example.com"))
+    assert request.build_absolute_uri("https://www.example.com/asdf") == (
+        "https://www.example.com/asdf")
+    assert request.build_absolute_uri("/path/with:colons") == (
+        "http://www.example.com/path/with:colons")
+    assert request.build_absolute_uri("d") == "http://www.example.com/a/b/d"
+    assert request.build_absolute_uri("?x=1") == "http://www.example.com/a/b/c?x=1"
+    assert request.build_absolute_uri("/caf\u00e9 x") == "http://www.example.com/caf%C3%A9%20x"
+    # An unencoded query (raw bytes, latin-1 in the environ) is percent-encoded once.
+    request = Request(req_make_environ(path="/p", query="q=caf\xc3\xa9&r=%20"))
+    assert request.build_absolute_uri() == "http://testserver/p?q=caf%C3%A9&r=%20"
+
+
+# ---------------------------------------------------------------------------- hosts
+
+DJANGO_LEGIT_HOSTS = [
+    "example.com", "example.com:80", "12.34.56.78", "12.34.56.78:443",
+    "[2001:19f0:feee::dead:beef:cafe]", "[2001:19f0:feee::dead:beef:cafe]:8080",
+    "xn--4ca9at.com", "anything.multitenant.com", "multitenant.com", "INSENSITIVE.com",
+    "example.com.", "example.com.:80", "[::ffff:169.254.169.254]",
+]
+DJANGO_POISONED_HOSTS = [
+    "example.com@evil.tld", "example.com:dr.frankenstein@evil.tld",
+    "example.com:dr.frankenstein@evil.tld:80", "example.com:80/badpath",
+    "example.com: recovermypassword.com",
+]
+MALFORMED_HOSTS = ["example.com..", ".example.com", "a..b", "..", ".", "example..com:80",
+                   "example.com..:80", "user@example.com", "user:pw@example.com",
+                   "invalid_hostname.com", "[::1]]", "[]", "example.com:", "example.com:80:80",
+                   "ex\u212aample.com", "\u212a"]
+
+
+@pytest.mark.parametrize("host", DJANGO_LEGIT_HOSTS)
+def test_django_legit_hosts_are_accepted(host: str) -> None:
+    allowed = ["example.com", "12.34.56.78", "[2001:19f0:feee::dead:beef:cafe]",
+               "xn--4ca9at.com", ".multitenant.com", "insensitive.com",
+               "[::ffff:169.254.169.254]"]
+    for app in (App(allowed_hosts=allowed), App()):
+        assert Request(req_make_environ(host=host), app).host == host.lower()
+
+
+@pytest.mark.parametrize("host", DJANGO_POISONED_HOSTS + MALFORMED_HOSTS)
+def test_malformed_hosts_are_400_with_or_without_allowed_hosts(host: str) -> None:
+    for kwargs in ({}, {"allowed_hosts": ["*"]}, {"allowed_hosts": ["example.com"]}):
+        probe = Probe(**kwargs)
+        result = probe(lambda r: r.host, req_make_environ(host=host), validate=False)
+        assert result.status == 400, (host, kwargs, result.status)
+
+
+def test_a_host_not_in_allowed_hosts_is_400_and_a_trailing_dot_matches() -> None:
+    probe = Probe(allowed_hosts=["example.com"])
+    assert probe(lambda r: r.host, req_make_environ(host="other.com")).status == 400
+    assert probe(lambda r: r.host, req_make_environ(host="example.com.:8000")).status == 200
+    assert probe.value == "example.com.:8000"
+
+
+_HOST_ALPHABET = "abcz019-.:[]@/ _%éK\u212a\x00\tAF"
+_LABEL = st.text(alphabet="abz09-", min_size=0, max_size=4)
+_HOSTS = st.one_of(
+    st.text(alphabet=_HOST_ALPHABET, max_size=24),
+    st.builds(lambda labels, dots, port: ".".join(labels) + "." * dots + port,
+              st.lists(_LABEL, min_size=1, max_size=4), st.integers(0, 2),
+              st.sampled_from(["", ":", ":80", ":65535", ":123456", ":x", "@evil"])),
+    st.builds(lambda inside, port: f"[{inside}]{port}",
+              st.text(alphabet="0123456789abcdefABCDEFg:.", max_size=12),
+              st.sampled_from(["", ":8080", ":", "x"])),
+)
+
+
+def _host_oracle(host: str) -> bool:
+    """Django's grammar, written another way: split off the port, then check a bracketed
+    IPv6 literal by regex or a domain name label by label."""
+    if not host.isascii():
+        return False
+    host = host.lower()
+    found = re.fullmatch(r"(.*?)(?::([0-9]*))?", host, re.DOTALL)
+    assert found is not None
+    name, port = found.group(1), found.group(2)
+    if port is not None and not 1 <= len(port) <= 5:
+        return False
+    if name.startswith("["):
+        return re.fullmatch(r"\[[a-f0-9]*:[a-f0-9.:]+\]", name) is not None
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    return all(label and set(label) <= set(string.ascii_lowercase + string.digits + "-")
+               for label in labels)
+
+
+@REQ_PROPERTY
+@given(host=_HOSTS.filter(bool))  # an empty Host falls back to SERVER_NAME
+def test_property_host_validator_accepts_exactly_the_grammar(host: str) -> None:
+    request = Request(req_make_environ(host=host))
+    try:
+        value = request.host
+    except BadRequest:
+        accepted = False
+    else:
+        accepted = True
+        assert value == host.lower()
+    assert accepted == _host_oracle(host), host
+
+
+_HOST_PROBE = Probe()
+
+
+@REQ_PROPERTY
+@given(host=_HOSTS.filter(lambda h: h and (h.isascii() or max(h) <= "\xff")))
+def test_property_any_host_is_200_or_400_never_500(host: str) -> None:
+    def look(r: Request) -> Any:
+        return (r.host, r.build_absolute_uri(), r.build_absolute_uri("/x"))
+
+    result = _HOST_PROBE(look, req_make_environ(host=host, path="//h"), validate=False)
+    assert result.status == (200 if _host_oracle(host) else 400), (host, result.text)
+
+
+# ---------------------------------------------------------------------------- routing
+
+def test_two_routes_with_one_name_are_refused_when_compiled() -> None:
+    routes = [route("/a", lambda r: "a", name="page"), route("/b/<int:n>", lambda r, n: "b",
+                                                            name="page")]
+    with pytest.raises(ImproperlyConfigured) as caught:
+        Resolver(routes)
+    assert "'page'" in str(caught.value)
+    assert "'/a'" in str(caught.value) and "'/b/<int:n>'" in str(caught.value)
+    app = App(routes)
+    with pytest.raises(ImproperlyConfigured, match="'/b/<int:n>'"):
+        app.reverse("page")
+    # The same named routes included under two prefixes collide too.
+    shared = [route("/list", lambda r: "l", name="list")]
+    with pytest.raises(ImproperlyConfigured, match="'/one/list'.*'/two/list'"):
+        Resolver([*include("/one", shared), *include("/two", shared)])
+
+
+def test_route_names_distinct_or_absent_compile_and_reverse() -> None:
+    app = App([route("/a", lambda r: "a", name="a"), route("/b", lambda r: "b"),
+               route("/c", lambda r: "c"), route("/d/<int:n>", lambda r, n: "d", name="d")])
+    assert app.reverse("a") == "/a" and app.reverse("d", n=4) == "/d/4"
+    with pytest.raises(NoReverseMatch, match="'/d/<int:n>'"):
+        app.reverse("d", n="x")
+    # One name in two different apps is no clash.
+    view = route("/x", lambda r: "x", name="x")
+    assert App([view]).reverse("x") == App([view]).reverse("x") == "/x"
+
+
+def test_app_route_decorator_with_a_repeated_name_fails_on_the_first_request() -> None:
+    app = App()
+    app.add_route("/one", lambda r: "1", name="same")
+    app.add_route("/two", lambda r: "2", name="same")
+    with pytest.raises(ImproperlyConfigured, match="'same'"):
+        app.resolver  # noqa: B018 (compiling is what fails)
+
+
+# ---------------------------------------------------------------------------- log lines
+
+def test_error_log_line_shows_the_path_as_utf8(caplog) -> None:
+    app = App()
+    app.add_route("/only", lambda r: "x", methods=["GET"])
+    with caplog.at_level(logging.WARNING, logger="microhandler"):
+        wsgi(app, "/caf\xc3\xa9")                         # 404
+        wsgi(app, "/only", method="POST")                 # 405
+        wsgi(app, "/caf\xc3\xa9", script_name="/m\xc3\xbc")
+        wsgi(app, "/\xff\xfe")                            # not UTF-8: a 400
+        wsgi(app, "/a\xe2\x80\xaeb\xe2\x80\xa8c")         # RIGHT-TO-LEFT OVERRIDE, LINE SEP
+    lines = [r.getMessage() for r in caplog.records if r.name == "microhandler"]
+    assert any(line.endswith("GET /café") and line.startswith("404") for line in lines), lines
+    assert any(line.endswith("POST /only") and line.startswith("405") for line in lines)
+    assert any(line.endswith("GET /mü/café") for line in lines), lines
+    assert any(line.endswith("GET /\\xff\\xfe") and line.startswith("400") for line in lines)
+    assert any(line.endswith("GET /a\\u202eb\\u2028c") for line in lines), lines
+    assert not any("Ã" in line for line in lines)
+
+
+def test_logged_path_helper() -> None:
+    request = Request(req_make_environ(path="/caf\xc3\xa9/\x1b[31m"))
+    assert mh._logged_path(request) == "/café/\\x1b[31m"
+
+
+# ---------------------------------------------------------------------------- test client
+
+def _cookie_app() -> App:
+    app = App()
+
+    @app.route("/")
+    def index(request):
+        response = HttpResponse("ok")
+        response.set_cookie("a", "1")
+        response.set_cookie("b", "2", httponly=True)
+        response["X-Dup"] = "first"
+        return response
+
+    return app
+
+
+def test_client_headers_as_werkzeug_has_them() -> None:
+    response = Client(_cookie_app()).get("/")
+    headers = response.headers
+    cookies = headers.getlist("Set-Cookie")
+    assert len(cookies) == 2
+    assert cookies[0].startswith("a=1") and cookies[1].startswith("b=2")
+    assert headers["set-cookie"] == headers["SET-COOKIE"] == cookies[0]
+    assert headers.get("Set-Cookie") == cookies[0]
+    assert headers.items() == response.header_list   # every pair, as sent, in order
+    assert [v for k, v in headers.items() if k.lower() == "set-cookie"] == cookies
+    assert "x-dup" in headers and "X-Missing" not in headers
+    assert headers.get("X-Missing") is None and headers.get("X-Missing", "d") == "d"
+    assert headers.getlist("X-Missing") == []
+    with pytest.raises(KeyError):
+        headers["X-Missing"]
+    assert dict(headers)["Set-Cookie"] == cookies[0]   # dict(): each name once, first value
+    assert len(headers) == len({k.lower() for k, _ in response.header_list})
+    assert response.cookies == {"a": "1", "b": "2"}
+
+
+def test_client_headers_repeated_by_a_raw_wsgi_app() -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Vary", "Cookie"), ("Content-Type", "text/plain"),
+                                  ("vary", "Accept-Encoding")])
+        return [b"x"]
+
+    response = Client(app).get("/")
+    assert response.headers["VARY"] == "Cookie"
+    assert response.headers.getlist("Vary") == ["Cookie", "Accept-Encoding"]
+    assert response.headers.items() == [("Vary", "Cookie"), ("Content-Type", "text/plain"),
+                                        ("vary", "Accept-Encoding")]
+
+
+class _BrokenBody:
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"partial"
+        raise RuntimeError("broke while streaming")
+
+    def close(self) -> None:
+        pass
+
+
+def _raw_apps() -> dict[str, Callable[..., Any]]:
+    def raises_first(environ: Any, start_response: Any) -> Any:
+        raise RuntimeError("raised before start_response")
+
+    def raises_in_body(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _BrokenBody()
+
+    def never_starts(environ: Any, start_response: Any) -> Any:
+        return []
+
+    def bad_status(environ: Any, start_response: Any) -> Any:
+        start_response("OK", [])
+        return [b"x"]
+
+    def str_body(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ["text, not bytes"]
+
+    def returns_none(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return None
+
+    return {"raises_first": raises_first, "raises_in_body": raises_in_body,
+            "never_starts": never_starts, "bad_status": bad_status, "str_body": str_body,
+            "returns_none": returns_none}
+
+
+@pytest.mark.parametrize("name", sorted(_raw_apps()))
+def test_client_without_raise_server_exceptions_never_raises(name: str) -> None:
+    app = _raw_apps()[name]
+    response = Client(app, raise_server_exceptions=False).get("/")
+    assert response.status_code == 500
+    assert response.exc_info is not None and isinstance(response.exc_info[1], Exception)
+    assert response.text.startswith("500")
+    with pytest.raises(Exception):  # noqa: B017 (each app fails its own way)
+        Client(app).get("/")
+
+
+def test_client_without_raise_server_exceptions_returns_the_apps_500() -> None:
+    app = App()
+    error = LookupError("the view broke")
+
+    @app.route("/boom")
+    def boom(request):
+        raise error
+
+    response = Client(app, raise_server_exceptions=False).get("/boom")
+    assert response.status_code == 500 and response.exc_info is not None
+    assert response.exc_info[1] is error
+    assert Client(app, raise_server_exceptions=False).get("/missing").exc_info is None
+    with pytest.raises(LookupError):
+        Client(app).get("/boom")
+
+
+def test_client_tolerates_odd_responses() -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ["PATH_INFO"] == "/noloc":
+            start_response("302 Found", [("Content-Type", "text/plain")])
+        elif environ["PATH_INFO"] == "/badloc":
+            start_response("302 Found", [("Location", "http://[broken/"),
+                                         ("Content-Type", "text/plain")])
+        else:
+            start_response("200 OK", [("Content-Type", "text/plain; charset=x-bogus-cs")])
+        return [b"caf\xc3\xa9"]
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/noloc", follow=True).status_code == 302
+    assert client.get("/badloc", follow=True).status_code == 302
+    assert client.get("/text").text == "café"
+
+
+@pytest.mark.filterwarnings("ignore::wsgiref.validate.WSGIWarning")
+@settings(max_examples=60, deadline=None, database=None)
+@given(status=st.sampled_from(["200 OK", "404 Not Found", "200", "abc", "99 Low", "200  OK"]),
+       headers=st.lists(st.tuples(st.sampled_from(["X-A", "Set-Cookie", "Bad Name", "Location"]),
+                                  st.sampled_from(["v", "a=1", "", "x\r\ny", "é"])), max_size=3),
+       body=st.lists(st.sampled_from([b"x", "str", b"", None, 3]), max_size=3),
+       starts=st.booleans())
+def test_property_client_without_raise_never_raises(status: str, headers: list[Any],
+                                                    body: list[Any], starts: bool) -> None:
+    def app(environ: Any, start_response: Any) -> Any:
+        if starts:
+            start_response(status, list(headers))
+        return list(body)
+
+    response = Client(app, raise_server_exceptions=False).get("/", follow=True)
+    assert 100 <= response.status_code <= 999
+    assert isinstance(response.text, str)
+
+
+# ---------------------------------------------------------------------------- README
+
+def test_readme_tour_escapes_what_users_send() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    tour = readme.split("## A short tour", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert 'f"Hello {name}"' not in tour
+    namespace: dict[str, Any] = {"__name__": "readme_tour"}
+    exec(compile(tour, "README.md", "exec"), namespace)  # noqa: S102 (our own README)
+    payload = "<img src=x onerror=alert(1)>"  # no "/": one path segment
+    response = Client(namespace["app"]).get("/hello/" + quote(payload, safe=""))
+    assert response.status_code == 200
+    assert payload not in response.text and html.escape(payload) in response.text
+    example = (REPO / "examples" / "hello.py").read_text(encoding="utf-8")
+    assert 'f"Hello {name}"' not in example
+
+
+def test_readme_documents_what_newcomers_dug_for() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for needle in ("examples/site/", "template_dirs=", "exc.status", "raise_server_exceptions",
+                   'request.method == "HEAD"', "RawPostDataException", "getlist(",
+                   "### Differences from Django"):
+        assert needle in readme, needle

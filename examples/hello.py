@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from microhandler import App, Http404, serve
+from microhandler import App, Http404, escape, serve
 
 app = App(debug=True)
 ITEMS = {1: {"id": 1, "name": "teapot"}, 2: {"id": 2, "name": "kettle"}}
@@ -21,7 +21,7 @@ def index(request):
 
 @app.route("/hello/<name>")
 def hello(request, name):
-    return f"Hello {name}"
+    return f"Hello {escape(name)}"  # a str is served as text/html: escape what users send
 
 
 @app.route("/api/items", methods=["GET"], name="items")
