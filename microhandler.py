@@ -1907,10 +1907,8 @@ def mark_safe(value: Any) -> SafeString:
 
 
 def escape(value: Any) -> SafeString:
-    """HTML-escape `value` once: ``& < > " '`` -> ``&amp; &lt; &gt; &quot; &#x27;``.
-
-    A SafeString (or an object with ``__html__``) is returned unchanged, never escaped twice.
-    """
+    """HTML-escape `value` once (``& < > " '``); a SafeString or an object with ``__html__``
+    is returned as it is, never escaped twice."""
     return value if isinstance(value, SafeString) else SafeString(_to_html(value))
 
 
@@ -1969,13 +1967,9 @@ def _lookup_step(obj: Any, key: str, index: int | None) -> Any:
 
 
 def _call_if_callable(value: Any) -> Any:
-    """Call what a lookup found, as Django does, so `{{ user.get_full_name }}` works.
-
-    Classes are not called (a template has no business building objects), nor objects that
-    set ``do_not_call_in_templates``. A callable that needs arguments counts as not found,
-    and so does one marked ``alters_data`` (Django's guard: ``{{ obj.delete }}`` must not
-    delete anything).
-    """
+    """Call what a lookup found, as Django does (`{{ user.get_full_name }}`); not classes, nor
+    objects with ``do_not_call_in_templates``. One that needs arguments counts as not found,
+    and so does one marked ``alters_data`` (``{{ obj.delete }}`` must not delete anything)."""
     if not callable(value) or isinstance(value, type):
         return value
     if getattr(value, "do_not_call_in_templates", False):
@@ -2002,52 +1996,43 @@ def _signature_fits(func: Callable[..., Any], *args: Any) -> bool:
     return True
 
 
-def _unresolved(segments: list[str], failed: int, origin: _TemplateOrigin) -> TemplateError:
-    """The error for a strict lookup that found nothing, naming the step that failed."""
-    if failed == 0:
-        return origin.error(f"name {segments[0]!r} is not defined")
-    path, found = ".".join(segments), ".".join(segments[:failed])
-    return origin.error(
-        f"cannot resolve {path!r}: {found!r} has no key, attribute or index "
-        f"{segments[failed]!r} (or a callable that needs arguments or alters data)")
-
-
 def _compile_lookup(path: str, origin: _TemplateOrigin, strict: bool,
                     missing: Any = "") -> _Eval:
-    """Compile a dotted name such as ``user.addresses.0.city`` into an evaluator.
-
-    A name that is not there gives `missing`, or a TemplateError when `strict`.
-    """
+    """Compile a dotted name such as ``user.addresses.0.city`` into an evaluator; what is not
+    there gives `missing`, or a TemplateError when `strict`."""
     segments = path.split(".")
     head = segments[0]
     steps = tuple((key, int(key) if key.isascii() and key.isdigit() else None)
                   for key in segments[1:])
 
+    def not_found(failed: int) -> Any:
+        if not strict:
+            return missing
+        if failed == 0:
+            raise origin.error(f"name {head!r} is not defined")
+        raise origin.error(
+            f"cannot resolve {path!r}: {'.'.join(segments[:failed])!r} has no key, attribute "
+            f"or index {segments[failed]!r} (or a callable that needs arguments or alters data)")
+
     def evaluate(scope: _TemplateScope) -> Any:
         value = _call_if_callable(scope.get(head, _UNRESOLVED))
-        position = 0
-        while value is not _UNRESOLVED and position < len(steps):
-            key, index = steps[position]
+        if value is _UNRESOLVED:
+            return not_found(0)
+        for position, (key, index) in enumerate(steps, 1):
             value = _call_if_callable(_lookup_step(value, key, index))
-            position += 1
-        if value is not _UNRESOLVED:
-            return value
-        if strict:
-            raise _unresolved(segments, position, origin)
-        return missing
+            if value is _UNRESOLVED:
+                return not_found(position)
+        return value
 
     return evaluate
 
 
-def _constant_eval(value: Any) -> _Eval:
-    return lambda scope: value
+# -- templates: filters (the README lists them; App(template_filters=...) adds more)
 
-
-# -- templates: filters (README lists them; App(template_filters=...) adds more)
-
-def _keep_safety(value: Any, result: str) -> str:
-    """Changing the case of trusted HTML keeps it trusted (it must not be escaped again)."""
-    return SafeString(result) if isinstance(value, SafeString) else result
+def _changing_case(method: Callable[[str], str]) -> Callable[[Any], str]:
+    # Trusted HTML stays trusted: upper-cased, it must not be escaped again.
+    return lambda value: (SafeString if isinstance(value, SafeString) else str)(
+        method(str(value)))
 
 
 def _filter_join(value: Any, separator: Any) -> SafeString:
@@ -2055,30 +2040,25 @@ def _filter_join(value: Any, separator: Any) -> SafeString:
     return SafeString(_to_html(separator).join(_to_html(item) for item in value))
 
 
-def _filter_date(value: Any, format: str = "%Y-%m-%d") -> Any:
+def _filter_date(value: Any, pattern: str = "%Y-%m-%d") -> Any:
     """`strftime` on a date, datetime or time; None and "" give "" as in Django."""
     if value is None or value == "":
         return ""
     if not hasattr(value, "strftime"):
         raise TypeError(f"expected a date or datetime, not {type(value).__name__}")
-    return value.strftime(format)
+    return value.strftime(pattern)
 
 
-# A filter is called as func(value) or func(value, argument); its signature says which.
+# Called as func(value) or func(value, argument): the function's signature says which.
 _FILTERS: dict[str, Callable[..., Any]] = {
-    "safe": mark_safe,
-    "escape": escape,
-    "upper": lambda value: _keep_safety(value, str(value).upper()),
-    "lower": lambda value: _keep_safety(value, str(value).lower()),
-    "title": lambda value: _keep_safety(value, str(value).title()),
-    "length": len,
+    "safe": mark_safe, "escape": escape, "length": len, "join": _filter_join,
+    "upper": _changing_case(str.upper), "lower": _changing_case(str.lower),
+    "title": _changing_case(str.title), "date": _filter_date,
     "default": lambda value, fallback: value or fallback,
-    "join": _filter_join,
     "first": lambda value: next(iter(value), ""),
     "last": lambda value: (list(value) or [""])[-1],
     "int": lambda value: int(value),  # int itself has no signature to check
     "string": lambda value: value if isinstance(value, SafeString) else str(value),
-    "date": _filter_date,
 }
 
 
@@ -2122,7 +2102,8 @@ _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 def _lex_expression(text: str, origin: _TemplateOrigin) -> list[tuple[str, str]]:
-    """Cut an expression into (kind, text) tokens; kinds: string number name const op."""
+    """Cut an expression into (kind, text) tokens; kinds: string number name const op, and a
+    last ("end", "")."""
     tokens: list[tuple[str, str]] = []
     text = text.strip()
     position = 0
@@ -2137,6 +2118,7 @@ def _lex_expression(text: str, origin: _TemplateOrigin) -> list[tuple[str, str]]
             kind = "const"
         tokens.append((kind, word))
         position = match.end()
+    tokens.append(("end", ""))
     return tokens
 
 
@@ -2163,10 +2145,10 @@ def _compare(op: str, left: _Eval, right: _Eval, origin: _TemplateOrigin, strict
 class _ExpressionParser:
     """Recursive descent over one tag's tokens; each method returns a compiled evaluator.
 
-    condition  := and ("or" and)*        and := not ("and" not)*
-    not        := "not"* comparison      comparison := operand (op operand | "is" "not"? "defined")?
-    operand    := "(" condition ")" | value ("|" name (":" value)?)*
-    value      := string | number | True | False | None | dotted.name
+    condition := and ("or" and)*             and := not ("and" not)*
+    not := "not"* comparison      comparison := operand (op operand | "is" "not"? "defined")?
+    operand := "(" condition ")" | value ("|" name (":" value)?)*
+    value := string | number | True | False | None | dotted.name
     """
 
     def __init__(self, text: str, origin: _TemplateOrigin, strict: bool,
@@ -2177,46 +2159,37 @@ class _ExpressionParser:
         self.filters = filters  # the App's own; the built-in ones are looked up after them
         self.tokens = _lex_expression(text, origin)
         self.position = 0
-        self.depth = 0
+        self.depth = 0  # of parentheses
 
     def fail(self, why: str) -> TemplateError:
         return self.origin.error(f"bad expression {self.text!r}: {why}")
 
-    def peek(self) -> tuple[str, str]:
-        if self.position < len(self.tokens):
-            return self.tokens[self.position]
-        return ("end", "")
-
     def take(self) -> tuple[str, str]:
-        token = self.peek()
+        token = self.tokens[self.position]
         self.position += token[0] != "end"
         return token
 
-    def accept(self, op: str) -> bool:
-        if self.peek() == ("op", op):
-            self.position += 1
-            return True
-        return False
+    def accept(self, op: str, kind: str = "op") -> bool:
+        found = self.tokens[self.position] == (kind, op)
+        self.position += found
+        return found
 
     def expect_end(self) -> None:
-        if self.position < len(self.tokens):
+        if self.tokens[self.position][0] != "end":
             raise self.fail(f"unexpected {self.tokens[self.position][1]!r}")
 
     def condition(self) -> _Eval:
-        operands = [self._and()]
-        while self.accept("or"):
-            operands.append(self._and())
-        if len(operands) == 1:
-            return operands[0]
-        return lambda scope: any(operand(scope) for operand in operands)
+        return self._joined("or", lambda: self._joined("and", self._not, all), any)
 
-    def _and(self) -> _Eval:
-        operands = [self._not()]
-        while self.accept("and"):
-            operands.append(self._not())
+    def _joined(self, word: str, parse: Callable[[], _Eval],
+                combine: Callable[[Iterable[Any]], bool]) -> _Eval:
+        """``a or b or c`` as one flat test (a chain of closures would recurse at render)."""
+        operands = [parse()]
+        while self.accept(word):
+            operands.append(parse())
         if len(operands) == 1:
             return operands[0]
-        return lambda scope: all(operand(scope) for operand in operands)
+        return lambda scope: combine(operand(scope) for operand in operands)
 
     def _not(self) -> _Eval:
         negations = 0
@@ -2228,31 +2201,23 @@ class _ExpressionParser:
     def _comparison(self) -> _Eval:
         start = self.position
         left = self._operand()
-        op = self._comparison_operator()
-        if op is None:
+        kind, op = self.tokens[self.position]
+        if kind != "op" or (op not in _COMPARISONS and op != "not"):
             return left
-        if op in ("is", "is not") and self.peek() == ("name", "defined"):
-            self.position += 1
-            return self._defined(start, op == "is")
-        return _compare(op, left, self._operand(), self.origin, self.strict)
-
-    def _comparison_operator(self) -> str | None:
-        kind, word = self.peek()
-        if kind != "op" or (word not in _COMPARISONS and word != "not"):
-            return None
         self.position += 1
-        if word == "not":
+        if op == "not":
             if not self.accept("in"):
                 raise self.fail("expected 'in' after 'not'")
-            return "not in"
-        return "is not" if word == "is" and self.accept("not") else word
-
-    def _defined(self, start: int, positive: bool) -> _Eval:
-        """``x.y is defined``: whether the lookup finds something, never an error."""
+            op = "not in"
+        elif op == "is" and self.accept("not"):
+            op = "is not"
+        if not (op.startswith("is") and self.accept("defined", "name")):
+            return _compare(op, left, self._operand(), self.origin, self.strict)
+        # `x.y is defined`: whether the lookup finds something; never an error.
         kind, path = self.tokens[start]
         if kind != "name" or self.tokens[start + 1][1] != "is":
             raise self.fail("'is defined' tests a name, as in 'user.email is defined'")
-        probe = _compile_lookup(path, self.origin, False, _UNRESOLVED)
+        probe, positive = _compile_lookup(path, self.origin, False, _UNRESOLVED), op == "is"
         return lambda scope: (probe(scope) is not _UNRESOLVED) is positive
 
     def _operand(self) -> _Eval:
@@ -2275,8 +2240,7 @@ class _ExpressionParser:
             filters.append(self._filter())
         # `default` is how a template says "this may be missing": never strict about it.
         lenient = any(name == "default" for name, _, _ in filters)
-        evaluate = (_constant_eval(value) if kind == "literal"
-                    else _compile_lookup(value, self.origin, self.strict and not lenient))
+        evaluate = self._compiled(kind, value, self.strict and not lenient)
         if not filters:
             return evaluate
         return _compile_filters(evaluate, filters, self.origin, self.strict)
@@ -2299,6 +2263,11 @@ class _ExpressionParser:
             return "lookup", word
         raise self.fail(f"expected a value, found {word!r}" if word else "expected a value")
 
+    def _compiled(self, kind: str, value: Any, strict: bool) -> _Eval:
+        if kind == "literal":
+            return lambda scope: value
+        return _compile_lookup(value, self.origin, strict)
+
     def _filter(self) -> _Filter:
         kind, name = self.take()
         if kind != "name" or "." in name:
@@ -2307,11 +2276,7 @@ class _ExpressionParser:
         if func is None:
             known = ", ".join(sorted({*_FILTERS, *self.filters}))
             raise self.origin.error(f"unknown filter {name!r} (known filters: {known})")
-        argument = None
-        if self.accept(":"):
-            kind, value = self._value()
-            argument = (_constant_eval(value) if kind == "literal"
-                        else _compile_lookup(value, self.origin, self.strict))
+        argument = self._compiled(*self._value(), self.strict) if self.accept(":") else None
         if not _signature_fits(func, None, *[None] * (argument is not None)):
             raise self.origin.error(f"filter {name!r} takes no argument" if argument else
                                     f"filter {name!r} needs an argument ({name}:value)")
@@ -2341,18 +2306,6 @@ def _output_node(evaluate: _Eval) -> _Render:
     return lambda scope, out: out.append(_to_html(evaluate(scope)))
 
 
-def _if_node(branches: list[tuple[_Eval, _Render]], otherwise: _Render | None) -> _Render:
-    def render(scope: _TemplateScope, out: list[str]) -> None:
-        for test, body in branches:
-            if test(scope):
-                body(scope, out)
-                return
-        if otherwise is not None:
-            otherwise(scope, out)
-
-    return render
-
-
 class _LoopState:
     """The `loop` variable inside ``{% for %}``; only `index0` changes from item to item."""
 
@@ -2363,25 +2316,11 @@ class _LoopState:
         self.length = length
         self.parent = parent  # the enclosing loop's `loop`, as Django's forloop.parentloop
 
-    @property
-    def index(self) -> int:
-        return self.index0 + 1
-
-    @property
-    def revindex(self) -> int:
-        return self.length - self.index0
-
-    @property
-    def revindex0(self) -> int:
-        return self.length - self.index0 - 1
-
-    @property
-    def first(self) -> bool:
-        return self.index0 == 0
-
-    @property
-    def last(self) -> bool:
-        return self.index0 == self.length - 1
+    index = property(lambda self: self.index0 + 1)
+    revindex = property(lambda self: self.length - self.index0)
+    revindex0 = property(lambda self: self.length - self.index0 - 1)
+    first = property(lambda self: self.index0 == 0)
+    last = property(lambda self: self.index0 == self.length - 1)
 
 
 def _loop_items(value: Any, reverse: bool, origin: _TemplateOrigin, strict: bool) -> list[Any]:
@@ -2410,7 +2349,8 @@ def _unpack(item: Any, count: int, origin: _TemplateOrigin, strict: bool) -> tup
 
 
 def _restore_names(scope: _TemplateScope, names: tuple[str, ...], saved: list[Any]) -> None:
-    """Put back what a tag's own names hid, so that it leaves the scope as it found it."""
+    """Put back what a tag's own names hid, so that it leaves the scope as it found it (no
+    `finally` is needed: a render that fails throws its scope away)."""
     for name, old in zip(names, saved, strict=True):
         if old is _UNRESOLVED:
             scope.pop(name, None)
@@ -2432,74 +2372,45 @@ def _for_node(header: tuple[tuple[str, ...], _Eval, bool], body: _Render,
         saved = [scope.get(name, _UNRESOLVED) for name in names]
         outer = saved[-1] if type(saved[-1]) is _LoopState else None
         loop = scope["loop"] = _LoopState(len(items), outer)
-        try:
-            for index0, item in enumerate(items):
-                loop.index0 = index0
-                if len(targets) == 1:
-                    scope[targets[0]] = item
-                else:
-                    values = _unpack(item, len(targets), origin, strict)
-                    scope.update(zip(targets, values, strict=True))
-                body(scope, out)
-        finally:
-            _restore_names(scope, names, saved)
+        for index0, item in enumerate(items):
+            loop.index0 = index0
+            if len(targets) == 1:
+                scope[targets[0]] = item
+            else:
+                values = _unpack(item, len(targets), origin, strict)
+                scope.update(zip(targets, values, strict=True))
+            body(scope, out)
+        _restore_names(scope, names, saved)
 
     return render
 
 
-class _BlockContext:
-    """The `block` variable inside ``{% block %}``: `block.super` is the parent's version."""
-
-    __slots__ = ("parents", "scope")
-
-    def __init__(self, parents: tuple[_Render, ...], scope: _TemplateScope) -> None:
-        self.parents = parents
-        self.scope = scope
-
-    @property
-    def super(self) -> SafeString:
-        out: list[str] = []
-        if self.parents:
-            _render_block(self.parents, self.scope, out)
-        return SafeString("".join(out))
-
-
 def _render_block(versions: tuple[_Render, ...], scope: _TemplateScope, out: list[str]) -> None:
-    """Render the most derived version of a block, with `block.super` reaching the rest."""
+    """Render the most derived version of a block; `{{ block.super }}` renders the next one
+    (a callable, which the lookup calls only when a template asks for it)."""
+
+    def parent() -> SafeString:
+        inner: list[str] = []
+        if len(versions) > 1:
+            _render_block(versions[1:], scope, inner)
+        return SafeString("".join(inner))
+
     saved = [scope.get("block", _UNRESOLVED)]
-    scope["block"] = _BlockContext(versions[1:], scope)
-    try:
-        versions[0](scope, out)
-    finally:
-        _restore_names(scope, ("block",), saved)
-
-
-def _block_node(name: str) -> _Render:
-    # The versions come with the template being rendered: a child's override wins.
-    return lambda scope, out: _render_block(scope[_BLOCKS][name], scope, out)
-
-
-def _template_node(body: _Render, blocks: _Blocks) -> _Render:
-    """A whole template: its blocks travel in the scope, an include's only while it runs."""
-
-    def render(scope: _TemplateScope, out: list[str]) -> None:
-        outer = scope.get(_BLOCKS)
-        scope[_BLOCKS] = blocks
-        body(scope, out)
-        scope[_BLOCKS] = outer
-
-    return render if blocks else body
+    scope["block"] = {"super": parent}
+    versions[0](scope, out)
+    _restore_names(scope, ("block",), saved)
 
 
 # -- templates: the parser
 
-class _TemplateTag:
-    __slots__ = ("args", "line", "name")
+class _TemplateTag(_TemplateOrigin):
+    """``{% name args %}``, and where it is."""
 
-    def __init__(self, name: str, args: str, line: int) -> None:
-        self.name = name
-        self.args = args
-        self.line = line
+    __slots__ = ("args", "name")
+
+    def __init__(self, template: str, line: int, content: str) -> None:
+        super().__init__(template, line)
+        self.name, self.args = ([*content.split(None, 1), "", ""])[:2]
 
 
 _TAG_OPENER = re.compile(r"\{[{%#]")
@@ -2519,9 +2430,9 @@ def _tokenize_template(source: str, name: str) -> list[tuple[str, str, int]]:
         if start > position:
             tokens.append(("text", source[position:start], line))
             line += source.count("\n", position, start)
-        end = source.find(_TAG_CLOSERS[opener], start + 2)
+        closer = _TAG_CLOSERS[opener]
+        end = source.find(closer, start + 2)
         if end < 0:
-            closer = _TAG_CLOSERS[opener]
             raise _TemplateOrigin(name, line).error(f"unclosed {opener!r}: add {closer!r}")
         tokens.append((opener, source[start + 2:end], line))
         line += source.count("\n", start, end)
@@ -2532,7 +2443,7 @@ def _tokenize_template(source: str, name: str) -> list[tuple[str, str, int]]:
 
 
 class _TemplateParser:
-    """Turns the tokens of one template into a tree of render closures and its blocks."""
+    """Turns the tokens of one template into a tree of render closures, and its blocks."""
 
     def __init__(self, source: str, name: str, strict: bool,
                  filters: Mapping[str, Callable[..., Any]], loader: TemplateLoader | None) -> None:
@@ -2545,27 +2456,18 @@ class _TemplateParser:
         self.depth = 0  # of nested tags
         self.first_tag = True  # `extends` must be the first tag, as in Django
         self.parent: Template | None = None
-        self.blocks: dict[str, _Render] = {}
-        self.block_lines: dict[str, int] = {}
-        self.outer_blocks: list[str] = []  # blocks not inside another: they override a parent's
-
-    def origin(self, line: int) -> _TemplateOrigin:
-        return _TemplateOrigin(self.name, line)
+        self.blocks: dict[str, _Render] = {}  # those closed so far
+        self.block_lines: dict[str, int] = {}  # those opened so far
 
     def parse(self) -> tuple[_Render, _Blocks]:
         """The body to render and the blocks, each with the versions it overrides."""
         body, _ = self.block(frozenset())
         if self.parent is None:
             return body, {name: (render,) for name, render in self.blocks.items()}
-        blocks = dict(self.parent.blocks)  # what a child writes outside its blocks is ignored
-        for name in self.outer_blocks:
-            if name not in blocks:
-                known = ", ".join(blocks) or "none"
-                raise self.origin(self.block_lines[name]).error(
-                    f"block {name!r} is not in {self.parent.name!r} (its blocks: {known})")
+        blocks = dict(self.parent._blocks)  # what a child writes outside its blocks is ignored
         for name, render in self.blocks.items():
             blocks[name] = (render, *blocks.get(name, ()))
-        return self.parent.body, blocks
+        return self.parent._body, blocks
 
     def block(self, until: frozenset[str]) -> tuple[_Render, _TemplateTag | None]:
         """Parse nodes up to one of the tags in `until` (returned) or the end (None)."""
@@ -2578,12 +2480,13 @@ class _TemplateParser:
             if kind == "text":
                 parts.append(content)
             elif kind == "{{":
-                parser = _ExpressionParser(content, self.origin(line), self.strict, self.filters)
+                origin = _TemplateOrigin(self.name, line)
+                parser = _ExpressionParser(content, origin, self.strict, self.filters)
                 parts.append(_output_node(parser.filtered()))
                 parser.expect_end()
                 self.first_tag = False
             elif kind == "{%":
-                tag = self._split_tag(content, line)
+                tag = _TemplateTag(self.name, line, content)
                 if tag.name in until:
                     end = tag
                 else:
@@ -2592,93 +2495,78 @@ class _TemplateParser:
         self.depth -= 1
         return _sequence_node(parts), end
 
-    def _split_tag(self, content: str, line: int) -> _TemplateTag:
-        words = content.split(None, 1)
-        if not words:
-            raise self.origin(line).error("empty tag '{% %}'")
-        if self.depth > _MAX_NESTING:
-            raise self.origin(line).error(f"tags nested more than {_MAX_NESTING} deep")
-        return _TemplateTag(words[0], words[1] if len(words) > 1 else "", line)
-
     def _tag(self, tag: _TemplateTag) -> str | _Render:
         handler = self._TAGS.get(tag.name)
+        if not tag.name:
+            raise tag.error("empty tag '{% %}'")
+        if self.depth > _MAX_NESTING:
+            raise tag.error(f"tags nested more than {_MAX_NESTING} deep")
         if handler is not None:
             return handler(self, tag)
         if tag.name in _INNER_TAGS:
-            raise self.origin(tag.line).error(
-                f"unexpected '{tag.name}': no open '{_INNER_TAGS[tag.name]}' here")
-        known = ", ".join(self._TAGS)
-        raise self.origin(tag.line).error(f"unknown tag {tag.name!r} (known tags: {known})")
+            raise tag.error(f"unexpected '{tag.name}': no open '{_INNER_TAGS[tag.name]}' here")
+        raise tag.error(f"unknown tag {tag.name!r} (known tags: {', '.join(self._TAGS)})")
 
-    def _closed(self, opener: _TemplateTag, end: _TemplateTag | None,
-                expected: str) -> _TemplateTag:
-        if end is None:
-            raise self.origin(opener.line).error(
-                f"'{opener.name}' tag is never closed: expected '{{% {expected} %}}'")
-        if end.args.strip() and end.name != "endblock":
-            raise self.origin(end.line).error(f"'{end.name}' takes no arguments")
-        return end
-
-    def _after_else(self, opener: _TemplateTag, end: _TemplateTag | None, expected: str) -> None:
-        # Named here, a second branch after 'else' gets a clearer message than "unexpected".
-        if end is not None and end.name != expected:
-            raise self.origin(end.line).error(
-                f"'{end.name}' after 'else' in the '{opener.name}' of line {opener.line}")
-        self._closed(opener, end, expected)
-
-    def _expression(self, tag: _TemplateTag) -> _ExpressionParser:
-        return _ExpressionParser(tag.args, self.origin(tag.line), self.strict, self.filters)
-
-    def _if(self, opener: _TemplateTag) -> _Render:
-        branches = []
+    def _branches(self, opener: _TemplateTag, middle: tuple[str, ...], end: str,
+                  ) -> tuple[list[tuple[_TemplateTag, _Render]], _TemplateTag]:
+        """The bodies of `opener` up to `end`, each with the tag before it (if, elif, else)."""
+        branches: list[tuple[_TemplateTag, _Render]] = []
         tag = opener
         while True:
+            body, closer = self.block(frozenset({*middle, end}))
+            branches.append((tag, body))
+            if closer is None:
+                raise opener.error(f"'{opener.name}' tag is never closed: expected "
+                                   f"'{{% {end} %}}'")
+            if tag.name in ("else", "empty") and closer.name != end:
+                raise closer.error(f"'{closer.name}' after '{tag.name}' in the "
+                                   f"'{opener.name}' of line {opener.line}")
+            if closer.args.strip() and closer.name not in ("elif", "endblock"):
+                raise closer.error(f"'{closer.name}' takes no arguments")
+            if closer.name == end:
+                return branches, closer
+            tag = closer
+
+    def _expression(self, tag: _TemplateTag) -> _ExpressionParser:
+        return _ExpressionParser(tag.args, tag, self.strict, self.filters)
+
+    def _if(self, opener: _TemplateTag) -> _Render:
+        branches, _ = self._branches(opener, ("elif", "else"), "endif")
+        otherwise = branches.pop()[1] if branches[-1][0].name == "else" else None
+        tests = []
+        for tag, body in branches:
             if not tag.args.strip():
-                raise self.origin(tag.line).error(f"'{tag.name}' needs a condition")
+                raise tag.error(f"'{tag.name}' needs a condition")
             parser = self._expression(tag)
-            test = parser.condition()
+            tests.append((parser.condition(), body))
             parser.expect_end()
-            body, end = self.block(frozenset({"elif", "else", "endif"}))
-            if end is None or end.name != "elif":
-                end = self._closed(opener, end, "endif")
-            branches.append((test, body))
-            if end.name == "endif":
-                return _if_node(branches, None)
-            if end.name == "else":
-                otherwise, last = self.block(frozenset({"elif", "else", "endif"}))
-                self._after_else(opener, last, "endif")
-                return _if_node(branches, otherwise)
-            tag = end
+
+        def render(scope: _TemplateScope, out: list[str]) -> None:
+            for test, body in tests:
+                if test(scope):
+                    body(scope, out)
+                    return
+            if otherwise is not None:
+                otherwise(scope, out)
+
+        return render
 
     def _for(self, opener: _TemplateTag) -> _Render:
-        header = self._for_header(opener)
-        body, end = self.block(frozenset({"else", "empty", "endfor"}))
-        end = self._closed(opener, end, "endfor")
-        otherwise = None
-        if end.name != "endfor":
-            otherwise, last = self.block(frozenset({"else", "empty", "endfor"}))
-            self._after_else(opener, last, "endfor")
-        return _for_node(header, body, otherwise, self.origin(opener.line), self.strict)
-
-    def _for_header(self, tag: _TemplateTag) -> tuple[tuple[str, ...], _Eval, bool]:
-        """Parse ``k, v in d.items reversed``, the part of a for tag after ``for``."""
-        parser = self._expression(tag)
+        """``{% for k, v in d.items reversed %}``."""
+        parser = self._expression(opener)
         targets: list[str] = []
-        while True:
+        while not targets or parser.accept(","):
             kind, word = parser.take()
             if kind != "name" or "." in word or word.startswith("_") or word == "loop":
-                raise self.origin(tag.line).error(
-                    f"bad 'for' tag: {word!r} cannot be a loop variable")
+                raise opener.error(f"bad 'for' tag: {word!r} cannot be a loop variable")
             targets.append(word)
-            if not parser.accept(","):
-                break
         if not parser.accept("in"):
-            raise self.origin(tag.line).error("bad 'for' tag: expected 'for name in sequence'")
-        iterable = parser.filtered()
-        reverse = parser.peek() == ("name", "reversed")
-        parser.position += reverse
+            raise opener.error("bad 'for' tag: expected 'for name in sequence'")
+        header = (tuple(targets), parser.filtered(), parser.accept("reversed", "name"))
         parser.expect_end()
-        return tuple(targets), iterable, reverse
+        branches, _ = self._branches(opener, ("else", "empty"), "endfor")
+        otherwise = branches[1][1] if len(branches) > 1 else None
+        return _for_node(header, branches[0][1], otherwise, opener, self.strict)
 
     def _comment(self, opener: _TemplateTag) -> str:
         # The content is not parsed: a comment may hold broken or unknown tags.
@@ -2687,31 +2575,29 @@ class _TemplateParser:
             self.position += 1
             if kind == "{%" and content.split(None, 1)[:1] == ["endcomment"]:
                 return ""
-        self._closed(opener, None, "endcomment")
-        return ""
+        raise opener.error("'comment' tag is never closed: expected '{% endcomment %}'")
 
     def _block(self, opener: _TemplateTag) -> _Render:
         name = opener.args.strip()
         if not name.isidentifier():
-            raise self.origin(opener.line).error("'block' needs a name: {% block content %}")
+            raise opener.error("'block' needs a name: {% block content %}")
         if name in self.block_lines:
-            raise self.origin(opener.line).error(
-                f"block {name!r} is already defined on line {self.block_lines[name]}")
+            raise opener.error(f"block {name!r} is already on line {self.block_lines[name]}")
+        outermost = len(self.block_lines) == len(self.blocks)  # no other block is open
+        if outermost and self.parent is not None and name not in self.parent._blocks:
+            raise opener.error(f"block {name!r} is not in {self.parent.name!r} (its blocks: "
+                               f"{', '.join(self.parent._blocks) or 'none'}): never shown")
         self.block_lines[name] = opener.line
-        outer = len(self.block_lines) - len(self.blocks) == 1  # no other block is open
-        body, end = self.block(frozenset({"endblock"}))
-        end = self._closed(opener, end, "endblock")
+        branches, end = self._branches(opener, (), "endblock")
         if end.args.strip() not in ("", name):
-            raise self.origin(end.line).error(
-                f"'endblock {end.args.strip()}' closes block {name!r}")
-        self.blocks[name] = body
-        if outer:
-            self.outer_blocks.append(name)
-        return _block_node(name)
+            raise end.error(f"'endblock {end.args.strip()}' closes block {name!r}")
+        self.blocks[name] = branches[0][1]
+        # The versions come with the template being rendered: a child's override wins.
+        return lambda scope, out: _render_block(scope[_BLOCKS][name], scope, out)
 
     def _extends(self, tag: _TemplateTag) -> str:
         if not self.first_tag or self.depth != 1:
-            raise self.origin(tag.line).error("'extends' must be the first tag in the template")
+            raise tag.error("'extends' must be the first tag in the template")
         self.parent = self._load(tag)
         return ""
 
@@ -2720,15 +2606,14 @@ class _TemplateParser:
 
     def _load(self, tag: _TemplateTag) -> Template:
         """The template that `extends` or `include` names, compiled now."""
-        origin = self.origin(tag.line)
-        tokens = _lex_expression(tag.args, origin)
-        if len(tokens) != 1 or tokens[0][0] != "string":
-            raise origin.error(f"'{tag.name}' takes a quoted template name, as in "
-                               f"{{% {tag.name} \"page.html\" %}}")
+        tokens = _lex_expression(tag.args, tag)
+        if len(tokens) != 2 or tokens[0][0] != "string":
+            raise tag.error(f"'{tag.name}' takes a quoted template name, as in "
+                            f"{{% {tag.name} \"page.html\" %}}")
         name = _unquote_literal(tokens[0][1])
         if self.loader is None:
-            raise origin.error(f"'{tag.name}' needs a TemplateLoader to find {name!r}")
-        return self.loader._load(name, origin)
+            raise tag.error(f"'{tag.name}' needs a TemplateLoader to find {name!r}")
+        return self.loader._load(name, tag)
 
     _TAGS: dict[str, Callable[[_TemplateParser, _TemplateTag], str | _Render]] = {
         "if": _if, "for": _for, "comment": _comment, "block": _block, "extends": _extends,
@@ -2752,10 +2637,9 @@ class Template:
         self.source = source
         self.name = name
         self.strict = strict
-        parser = _TemplateParser(source, name, strict, filters or {}, loader)
-        # What a child template extends: the root's body and every block's versions.
-        self.body, self.blocks = parser.parse()
-        self._render = _template_node(self.body, self.blocks)
+        # With `extends`, the body is the root parent's, and blocks hold every version.
+        self._body, self._blocks = _TemplateParser(
+            source, name, strict, filters or {}, loader).parse()
 
     def render(self, context: Mapping[str, Any] | None = None) -> str:
         """Render with `context`; the result is a SafeString (it is HTML already)."""
@@ -2763,6 +2647,12 @@ class Template:
         # A private copy: loop variables are set in it, the caller's mapping is never changed.
         self._render(dict(context) if context else {}, out)
         return SafeString("".join(out))
+
+    def _render(self, scope: _TemplateScope, out: list[str]) -> None:
+        outer = scope.get(_BLOCKS)  # an included template's blocks hold only while it runs
+        scope[_BLOCKS] = self._blocks
+        self._body(scope, out)
+        scope[_BLOCKS] = outer
 
     def __repr__(self) -> str:
         return f"<Template {self.name!r}>"
@@ -2780,11 +2670,8 @@ def _template_path_parts(name: str) -> list[str] | None:
 
 class TemplateLoader:
     """Finds templates by name in `dirs` (first dir that has the file wins), compiles each
-    once and caches it by name; safe to share between the threads of a server.
-
-    `filters` is kept, not copied: a filter added to it later counts in every template
-    compiled after that (templates are compiled when first asked for).
-    """
+    once and caches it by name; safe to share between the threads of a server. `filters` is
+    kept, not copied: one added later counts in the templates compiled (first used) after."""
 
     def __init__(self, dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *,
                  strict: bool = False,
@@ -2795,8 +2682,7 @@ class TemplateLoader:
         self.strict = strict
         self.filters: Mapping[str, Callable[..., Any]] = {} if filters is None else filters
         self._cache: dict[str, Template] = {}
-        # Re-entrant: compiling a template compiles what it extends and includes.
-        self._lock = _thread.RLock()
+        self._lock = _thread.RLock()  # re-entered to compile what a template extends
         self._compiling: list[str] = []  # names being compiled, outermost first: cycles show
 
     def get_template(self, name: str) -> Template:
@@ -2807,26 +2693,24 @@ class TemplateLoader:
 
     def _load(self, name: str, origin: _TemplateOrigin | None) -> Template:
         """The compiled template; `origin` is the extends or include tag that asks for it."""
-        template = self._cache.get(name)
-        if template is not None:
-            return template
+        fail = TemplateError if origin is None else origin.error
         with self._lock:  # one compile per name even when threads ask at the same time
             template = self._cache.get(name)
-            if template is None:
-                fail = TemplateError if origin is None else origin.error
-                if name in self._compiling:
-                    chain = " -> ".join(repr(each) for each in [*self._compiling, name])
-                    raise fail(f"templates extend or include each other in a cycle: {chain}")
-                if len(self._compiling) >= _MAX_NESTING:
-                    raise fail(f"templates extend or include more than {_MAX_NESTING} deep")
-                self._compiling.append(name)
-                try:
-                    template = Template(self._read(name, fail), name, strict=self.strict,
-                                        filters=self.filters, loader=self)
-                finally:
-                    self._compiling.pop()
-                self._cache[name] = template
-        return template
+            if template is not None:
+                return template
+            if name in self._compiling:
+                chain = " -> ".join(repr(each) for each in [*self._compiling, name])
+                raise fail(f"templates extend or include each other in a cycle: {chain}")
+            if len(self._compiling) >= _MAX_NESTING:
+                raise fail(f"templates extend or include more than {_MAX_NESTING} deep")
+            self._compiling.append(name)
+            try:
+                template = Template(self._read(name, fail), name, strict=self.strict,
+                                    filters=self.filters, loader=self)
+            finally:
+                self._compiling.pop()
+            self._cache[name] = template
+            return template
 
     def _read(self, name: str, fail: Callable[[str], TemplateError]) -> str:
         searched = ", ".join(repr(directory) for directory in self.dirs) or "(no dirs)"
@@ -3805,13 +3689,22 @@ class App:
             _loggable(request.method), _loggable(request.environ.get("PATH_INFO", "")))
 
     # -- templates
+    def template_filter(self, name: str) -> Callable[[_F], _F]:
+        """Decorator: `@app.template_filter("shout")` makes ``{{ x|shout }}`` call it, with the
+        value (and the argument of ``shout:arg``, when its signature takes one)."""
+        def register(func: _F) -> _F:
+            self.template_filters[name] = func
+            return func
+        return register
+
     def render_template(self, template_name: str, context: Mapping[str, Any],
                         request: Request | None = None) -> str:
         """Render with `renderer` when given, else with this file's template engine."""
         if self.renderer is not None:
             return self.renderer(template_name, dict(context), request)
-        if self._templates is None:
-            self._templates = TemplateLoader(self.template_dirs, strict=self.debug)
+        if self._templates is None:  # it shares the dict: filters added later count too
+            self._templates = TemplateLoader(self.template_dirs, strict=self.debug,
+                                             filters=self.template_filters)
         return str(self._templates.render(template_name, {"request": request, **context}))
 
     # -- handing the response to the server
