@@ -2179,17 +2179,22 @@ class _ExpressionParser:
             raise self.fail(f"unexpected {self.tokens[self.position][1]!r}")
 
     def condition(self) -> _Eval:
-        return self._joined("or", lambda: self._joined("and", self._not, all), any)
+        return self._joined("or", lambda: self._joined("and", self._not))
 
-    def _joined(self, word: str, parse: Callable[[], _Eval],
-                combine: Callable[[Iterable[Any]], bool]) -> _Eval:
+    def _joined(self, word: str, parse: Callable[[], _Eval]) -> _Eval:
         """``a or b or c`` as one flat test (a chain of closures would recurse at render)."""
         operands = [parse()]
         while self.accept(word):
             operands.append(parse())
-        if len(operands) == 1:
-            return operands[0]
-        return lambda scope: combine(operand(scope) for operand in operands)
+        stop = word == "and"  # `and` stops at the first false operand, `or` at a true one
+
+        def evaluate(scope: _TemplateScope) -> bool:
+            for operand in operands:
+                if (not operand(scope)) is stop:
+                    return not stop
+            return stop
+
+        return operands[0] if len(operands) == 1 else evaluate
 
     def _not(self) -> _Eval:
         negations = 0
