@@ -2495,12 +2495,12 @@ class _TemplateParser:
                 if tag.name in until:
                     end = tag
                 else:
-                    parts.append(self._tag(tag))
+                    parts.append(self._tag(tag, until))
                     self.first_tag = self.first_tag and tag.name == "comment"
         self.depth -= 1
         return _sequence_node(parts), end
 
-    def _tag(self, tag: _TemplateTag) -> str | _Render:
+    def _tag(self, tag: _TemplateTag, until: frozenset[str]) -> str | _Render:
         handler = self._TAGS.get(tag.name)
         if not tag.name:
             raise tag.error("empty tag '{% %}'")
@@ -2509,7 +2509,9 @@ class _TemplateParser:
         if handler is not None:
             return handler(self, tag)
         if tag.name in _INNER_TAGS:
-            raise tag.error(f"unexpected '{tag.name}': no open '{_INNER_TAGS[tag.name]}' here")
+            where = (f"expected {' or '.join(map(repr, sorted(until)))}" if until
+                     else f"no open '{_INNER_TAGS[tag.name]}' here")
+            raise tag.error(f"unexpected '{tag.name}': {where}")
         raise tag.error(f"unknown tag {tag.name!r} (known tags: {', '.join(self._TAGS)})")
 
     def _branches(self, opener: _TemplateTag, middle: tuple[str, ...], end: str,
