@@ -2055,8 +2055,7 @@ _FILTERS: dict[str, Callable[..., Any]] = {
     "upper": _changing_case(str.upper), "lower": _changing_case(str.lower),
     "title": _changing_case(str.title), "date": _filter_date,
     "default": lambda value, fallback: value or fallback,
-    "first": lambda value: next(iter(value), ""),
-    "last": lambda value: (list(value) or [""])[-1],
+    "first": lambda value: next(iter(value), ""), "last": lambda value: (list(value) or [""])[-1],
     "int": lambda value: int(value),  # int itself has no signature to check
     "string": lambda value: value if isinstance(value, SafeString) else str(value),
 }
@@ -2102,8 +2101,7 @@ _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 def _lex_expression(text: str, origin: _TemplateOrigin) -> list[tuple[str, str]]:
-    """Cut an expression into (kind, text) tokens; kinds: string number name const op, and a
-    last ("end", "")."""
+    """Cut an expression into (kind, text): string number name const op, then ("end", "")."""
     tokens: list[tuple[str, str]] = []
     text = text.strip()
     position = 0
@@ -2426,8 +2424,7 @@ _INNER_TAGS = {"elif": "if", "else": "if' or 'for", "endif": "if", "empty": "for
 
 
 def _tokenize_template(source: str, name: str) -> list[tuple[str, str, int]]:
-    """Cut the source into (kind, content, line): kind is "text" or the opener "{{", "{%",
-    "{#"; tags may span lines (comments often do)."""
+    """Cut the source into (kind, content, line), kind "text", "{{", "{%" or "{#"."""
     tokens: list[tuple[str, str, int]] = []
     position, line = 0, 1
     while (match := _TAG_OPENER.search(source, position)) is not None:
@@ -2523,8 +2520,7 @@ class _TemplateParser:
             body, closer = self.block(frozenset({*middle, end}))
             branches.append((tag, body))
             if closer is None:
-                raise opener.error(f"'{opener.name}' tag is never closed: expected "
-                                   f"'{{% {end} %}}'")
+                raise opener.error(f"'{opener.name}' tag is never closed: expected '{{% {end} %}}'")
             if tag.name in ("else", "empty") and closer.name != end:
                 raise closer.error(f"'{closer.name}' after '{tag.name}' in the "
                                    f"'{opener.name}' of line {opener.line}")
@@ -2534,9 +2530,6 @@ class _TemplateParser:
                 return branches, closer
             tag = closer
 
-    def _expression(self, tag: _TemplateTag) -> _ExpressionParser:
-        return _ExpressionParser(tag.args, tag, self.strict, self.filters)
-
     def _if(self, opener: _TemplateTag) -> _Render:
         branches, _ = self._branches(opener, ("elif", "else"), "endif")
         otherwise = branches.pop()[1] if branches[-1][0].name == "else" else None
@@ -2544,7 +2537,7 @@ class _TemplateParser:
         for tag, body in branches:
             if not tag.args.strip():
                 raise tag.error(f"'{tag.name}' needs a condition")
-            parser = self._expression(tag)
+            parser = _ExpressionParser(tag.args, tag, self.strict, self.filters)
             tests.append((parser.condition(), body))
             parser.expect_end()
 
@@ -2560,7 +2553,7 @@ class _TemplateParser:
 
     def _for(self, opener: _TemplateTag) -> _Render:
         """``{% for k, v in d.items reversed %}``."""
-        parser = self._expression(opener)
+        parser = _ExpressionParser(opener.args, opener, self.strict, self.filters)
         targets: list[str] = []
         while not targets or parser.accept(","):
             kind, word = parser.take()
