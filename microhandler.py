@@ -1979,20 +1979,20 @@ def _call_if_callable(value: Any) -> Any:
     try:
         return value()
     except TypeError:
-        if _signature_fits(value):
+        if _signature_fits(value):  # no signature: assume it needed arguments
             raise  # a TypeError from inside the callable is a bug to show, not a missing value
         return _UNRESOLVED
 
 
-def _signature_fits(func: Callable[..., Any], *args: Any) -> bool:
-    """Whether `func` can be called with `args`; True when it has no signature to read."""
+def _signature_fits(func: Callable[..., Any], *args: Any) -> bool | None:
+    """Whether `func` can be called with `args`; None when it has no signature to read."""
     import inspect
     try:
         inspect.signature(func).bind(*args)
     except TypeError:
         return False
-    except ValueError:  # some builtins: let the call itself tell
-        pass
+    except ValueError:  # some builtins
+        return None
     return True
 
 
@@ -2280,7 +2280,7 @@ class _ExpressionParser:
             known = ", ".join(sorted({*_FILTERS, *self.filters}))
             raise self.origin.error(f"unknown filter {name!r} (known filters: {known})")
         argument = self._compiled(*self._value(), self.strict) if self.accept(":") else None
-        if not _signature_fits(func, None, *[None] * (argument is not None)):
+        if _signature_fits(func, None, *[None] * (argument is not None)) is False:
             raise self.origin.error(f"filter {name!r} takes no argument" if argument else
                                     f"filter {name!r} needs an argument ({name}:value)")
         return name, func, argument

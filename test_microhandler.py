@@ -9598,7 +9598,8 @@ _EXPRESSION_WORDS = st.sampled_from([
 _CONTEXT_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=4),
                             st.lists(st.integers(), max_size=3),
                             st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
-                            st.just(dt.date(2024, 1, 2)))
+                            st.just(dt.date(2024, 1, 2)),
+                            st.sampled_from([max, len, dict, User(), mark_safe("<b>")]))
 
 
 @settings(max_examples=300, deadline=None)
