@@ -9372,9 +9372,19 @@ def test_deep_nesting_is_a_template_error_not_a_recursion_error() -> None:
     assert Template(f"{{{{ x{many} }}}}").render({"x": "a"}) == "A"
 
 
-def test_loader_compiles_a_shared_parent_once_across_threads(tmp_path: Path) -> None:
+def test_loader_compiles_a_shared_parent_once_across_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     loader = _loader(tmp_path, {**_SITE, **{f"c{n}.html": "{% extends 'section.html' %}"
                                             for n in range(8)}})
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
     found: list[Template] = []
     threads = [threading.Thread(target=lambda n=n: found.append(loader.get_template(f"c{n}.html")))
                for n in range(8)]
@@ -9383,7 +9393,7 @@ def test_loader_compiles_a_shared_parent_once_across_threads(tmp_path: Path) -> 
     for thread in threads:
         thread.join(timeout=30)
     assert len(found) == 8
-    assert loader.get_template("section.html") is loader.get_template("section.html")
+    assert sorted(opened) == sorted(["base.html", "section.html"] + [f"c{n}.html" for n in range(8)])
     assert {template.render({"section": "S"}) for template in found} == {
         loader.render("section.html", {"section": "S"})}
 
@@ -9438,6 +9448,16 @@ def test_is_defined(strict: bool, condition: str, context: dict[str, Any],
 def test_is_defined_tests_a_name(source: str) -> None:
     with pytest.raises(TemplateError, match="tests a name.*line 1"):
         Template(source)
+
+
+@given(st.dictionaries(st.sampled_from(["a", "b", "c"]), _plain_values), st.booleans())
+def test_is_defined_and_default_agree_with_the_context(context: dict[str, Any],
+                                                       strict: bool) -> None:
+    for name in ("a", "b", "c"):
+        source = f"{{% if {name} is defined %}}1{{% endif %}}|{{{{ {name}|default:'-' }}}}"
+        value = context.get(name)
+        shown = html.escape(str(value), quote=True) if value else "-"
+        assert render(source, context, strict=strict) == ("1" if name in context else "") + "|" + shown
 
 
 def test_a_name_called_defined_still_compares() -> None:
