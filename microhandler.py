@@ -2032,10 +2032,8 @@ def mark_safe(value: Any) -> SafeString:
 
 
 def escape(value: Any) -> SafeString:
-    """HTML-escape `value` once: ``& < > " '`` -> ``&amp; &lt; &gt; &quot; &#x27;``.
-
-    A SafeString (or an object with ``__html__``) is returned unchanged, never escaped twice.
-    """
+    """HTML-escape `value` once (``& < > " '``); a SafeString or an object with ``__html__``
+    is returned as it is, never escaped twice."""
     return value if isinstance(value, SafeString) else SafeString(_to_html(value))
 
 
@@ -2043,9 +2041,16 @@ if TYPE_CHECKING:  # the scope is the context plus loop names
     _TemplateScope = dict[str, Any]
     _Eval = Callable[[_TemplateScope], Any]
     _Render = Callable[[_TemplateScope, list[str]], None]
+    _Blocks = dict[str, tuple[_Render, ...]]  # block name -> its versions, most derived first
+    _Filter = tuple[str, Callable[..., Any], _Eval | None]  # name, function, argument
 
 # Marks "lookup found nothing"; distinct from None, which is a legitimate value to print.
 _UNRESOLVED: Any = object()
+# The scope key under which a template's blocks travel: no template can write this name.
+_BLOCKS = " blocks"
+# Deeper nesting of tags, parentheses or templates is refused when compiled, so that no
+# template, however written, ends in Python's RecursionError.
+_MAX_NESTING = 40
 
 
 class _TemplateOrigin:
@@ -2087,13 +2092,9 @@ def _lookup_step(obj: Any, key: str, index: int | None) -> Any:
 
 
 def _call_if_callable(value: Any) -> Any:
-    """Call what a lookup found, as Django does, so `{{ user.get_full_name }}` works.
-
-    Classes are not called (a template has no business building objects), nor objects that
-    set ``do_not_call_in_templates``. A callable that needs arguments counts as not found,
-    and so does one marked ``alters_data`` (Django's guard: ``{{ obj.delete }}`` must not
-    delete anything).
-    """
+    """Call what a lookup found, as Django does (`{{ user.get_full_name }}`); not classes, nor
+    objects with ``do_not_call_in_templates``. One that needs arguments counts as not found,
+    and so does one marked ``alters_data`` (``{{ obj.delete }}`` must not delete anything)."""
     if not callable(value) or isinstance(value, type):
         return value
     if getattr(value, "do_not_call_in_templates", False):
@@ -2103,78 +2104,60 @@ def _call_if_callable(value: Any) -> Any:
     try:
         return value()
     except TypeError:
-        if _needs_arguments(value):
-            return _UNRESOLVED
-        raise  # a TypeError from inside the callable is a bug to show, not a missing value
+        if _signature_fits(value):  # no signature: assume it needed arguments
+            raise  # a TypeError from inside the callable is a bug to show, not a missing value
+        return _UNRESOLVED
 
 
-def _needs_arguments(func: Callable[..., Any]) -> bool:
+def _signature_fits(func: Callable[..., Any], *args: Any) -> bool | None:
+    """Whether `func` can be called with `args`; None when it has no signature to read."""
+    import inspect
     try:
-        import inspect
-        inspect.signature(func).bind()
-    except (TypeError, ValueError):  # ValueError: no signature to inspect, assume it was that
-        return True
-    return False
+        inspect.signature(func).bind(*args)
+    except TypeError:
+        return False
+    except ValueError:  # some builtins
+        return None
+    return True
 
 
-def _unresolved(segments: list[str], failed: int, origin: _TemplateOrigin, strict: bool) -> Any:
-    """The value of a lookup that found nothing: "" when lenient, an error when strict."""
-    if not strict:
-        return ""
-    if failed == 0:
-        raise origin.error(f"name {segments[0]!r} is not defined")
-    path, found = ".".join(segments), ".".join(segments[:failed])
-    raise origin.error(
-        f"cannot resolve {path!r}: {found!r} has no key, attribute or index "
-        f"{segments[failed]!r} (or a callable that needs arguments or alters data)")
-
-
-def _compile_lookup(path: str, origin: _TemplateOrigin, strict: bool) -> _Eval:
-    """Compile a dotted name such as ``user.addresses.0.city`` into an evaluator."""
+def _compile_lookup(path: str, origin: _TemplateOrigin, strict: bool,
+                    missing: Any = "") -> _Eval:
+    """Compile a dotted name such as ``user.addresses.0.city`` into an evaluator; what is not
+    there gives `missing`, or a TemplateError when `strict`."""
     segments = path.split(".")
     head = segments[0]
     steps = tuple((key, int(key) if key.isascii() and key.isdigit() else None)
                   for key in segments[1:])
 
+    def not_found(failed: int) -> Any:
+        if not strict:
+            return missing
+        if failed == 0:
+            raise origin.error(f"name {head!r} is not defined")
+        raise origin.error(
+            f"cannot resolve {path!r}: {'.'.join(segments[:failed])!r} has no key, attribute "
+            f"or index {segments[failed]!r} (or a callable that needs arguments or alters data)")
+
     def evaluate(scope: _TemplateScope) -> Any:
         value = _call_if_callable(scope.get(head, _UNRESOLVED))
         if value is _UNRESOLVED:
-            return _unresolved(segments, 0, origin, strict)
+            return not_found(0)
         for position, (key, index) in enumerate(steps, 1):
             value = _call_if_callable(_lookup_step(value, key, index))
             if value is _UNRESOLVED:
-                return _unresolved(segments, position, origin, strict)
+                return not_found(position)
         return value
 
     return evaluate
 
 
-def _constant_eval(value: Any) -> _Eval:
-    def evaluate(scope: _TemplateScope) -> Any:
-        return value
+# -- templates: filters (the README lists them; App(template_filters=...) adds more)
 
-    return evaluate
-
-
-# -- templates: filters
-
-def _keep_safety(value: Any, result: str) -> str:
-    """Changing the case of trusted HTML keeps it trusted (it must not be escaped again)."""
-    return SafeString(result) if isinstance(value, SafeString) else result
-
-
-def _as_sequence(value: Any) -> Sequence[Any]:
-    return value if isinstance(value, Sequence) else list(value)
-
-
-def _filter_first(value: Any) -> Any:
-    items = _as_sequence(value)
-    return items[0] if items else ""
-
-
-def _filter_last(value: Any) -> Any:
-    items = _as_sequence(value)
-    return items[-1] if items else ""
+def _changing_case(method: Callable[[str], str]) -> Callable[[Any], str]:
+    # Trusted HTML stays trusted: upper-cased, it must not be escaped again.
+    return lambda value: (SafeString if isinstance(value, SafeString) else str)(
+        method(str(value)))
 
 
 def _filter_join(value: Any, separator: Any) -> SafeString:
@@ -2182,38 +2165,43 @@ def _filter_join(value: Any, separator: Any) -> SafeString:
     return SafeString(_to_html(separator).join(_to_html(item) for item in value))
 
 
-# name -> (function, takes an argument). `default` and `join` need one, the others take none.
-_FILTERS: dict[str, tuple[Callable[..., Any], bool]] = {
-    "safe": (mark_safe, False),
-    "escape": (escape, False),
-    "upper": (lambda value: _keep_safety(value, str(value).upper()), False),
-    "lower": (lambda value: _keep_safety(value, str(value).lower()), False),
-    "title": (lambda value: _keep_safety(value, str(value).title()), False),
-    "length": (len, False),
-    "default": (lambda value, fallback: value if value else fallback, True),
-    "join": (_filter_join, True),
-    "first": (_filter_first, False),
-    "last": (_filter_last, False),
-    "int": (int, False),
-    "string": (lambda value: value if isinstance(value, SafeString) else str(value), False),
+def _filter_date(value: Any, pattern: str = "%Y-%m-%d") -> Any:
+    """`strftime` on a date, datetime or time; None and "" give "" as in Django."""
+    if value is None or value == "":
+        return ""
+    if not hasattr(value, "strftime"):
+        raise TypeError(f"expected a date or datetime, not {type(value).__name__}")
+    return value.strftime(pattern)
+
+
+# Called as func(value) or func(value, argument): the function's signature says which.
+_FILTERS: dict[str, Callable[..., Any]] = {
+    "safe": mark_safe, "escape": escape, "length": len, "join": _filter_join,
+    "upper": _changing_case(str.upper), "lower": _changing_case(str.lower),
+    "title": _changing_case(str.title), "date": _filter_date,
+    "default": lambda value, fallback: value or fallback,
+    "first": lambda value: next(iter(value), ""), "last": lambda value: (list(value) or [""])[-1],
+    "int": lambda value: int(value),  # int itself has no signature to check
+    "string": lambda value: value if isinstance(value, SafeString) else str(value),
 }
 
 
-def _compile_filter(
-    evaluate: _Eval, name: str, func: Callable[..., Any], argument: _Eval | None,
-    origin: _TemplateOrigin, strict: bool,
-) -> _Eval:
-    """Wrap `evaluate` so that its value goes through the filter `name`."""
+def _compile_filters(evaluate: _Eval, filters: list[_Filter], origin: _TemplateOrigin,
+                     strict: bool) -> _Eval:
+    """Wrap `evaluate` so that its value goes through each filter in turn."""
 
     def filtered(scope: _TemplateScope) -> Any:
         value = evaluate(scope)
-        args = () if argument is None else (argument(scope),)  # outside the try: its own errors
-        try:
-            return func(value, *args)
-        except Exception as exc:  # user data can make any filter fail (int("abc"), len(None))
-            if strict:
-                raise origin.error(f"filter {name!r} failed: {type(exc).__name__}: {exc}") from exc
-            return ""
+        for name, func, argument in filters:
+            args = () if argument is None else (argument(scope),)  # its own errors, unwrapped
+            try:
+                value = func(value, *args)
+            except Exception as exc:  # user data can make any filter fail (int("abc"))
+                if strict:
+                    raise origin.error(
+                        f"filter {name!r} failed: {type(exc).__name__}: {exc}") from exc
+                value = ""
+        return value
 
     return filtered
 
@@ -2230,25 +2218,15 @@ _EXPRESSION_TOKEN = re.compile(r"""
 
 _WORD_OPERATORS = frozenset({"and", "or", "not", "in", "is"})
 _CONSTANTS: dict[str, Any] = {"True": True, "False": False, "None": None}
-
-
-def _contains(left: Any, right: Any) -> bool:
-    return left in right
-
-
-def _not_contains(left: Any, right: Any) -> bool:
-    return left not in right
-
-
 _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
-    "<=": operator.le, ">=": operator.ge, "in": _contains, "not in": _not_contains,
-    "is": operator.is_, "is not": operator.is_not,
+    "<=": operator.le, ">=": operator.ge, "in": lambda a, b: a in b,
+    "not in": lambda a, b: a not in b, "is": operator.is_, "is not": operator.is_not,
 }
 
 
 def _lex_expression(text: str, origin: _TemplateOrigin) -> list[tuple[str, str]]:
-    """Cut an expression into (kind, text) tokens; kinds: string number name const op."""
+    """Cut an expression into (kind, text): string number name const op, then ("end", "")."""
     tokens: list[tuple[str, str]] = []
     text = text.strip()
     position = 0
@@ -2263,24 +2241,13 @@ def _lex_expression(text: str, origin: _TemplateOrigin) -> list[tuple[str, str]]
             kind = "const"
         tokens.append((kind, word))
         position = match.end()
+    tokens.append(("end", ""))
     return tokens
 
 
 def _unquote_literal(literal: str) -> str:
     # Inside quotes a backslash only protects the next character (\" \' \\).
     return re.sub(r"\\(.)", r"\1", literal[1:-1], flags=re.DOTALL)
-
-
-def _either(left: _Eval, right: _Eval) -> _Eval:
-    return lambda scope: left(scope) or right(scope)
-
-
-def _both(left: _Eval, right: _Eval) -> _Eval:
-    return lambda scope: left(scope) and right(scope)
-
-
-def _negate(operand: _Eval) -> _Eval:
-    return lambda scope: not operand(scope)
 
 
 def _compare(op: str, left: _Eval, right: _Eval, origin: _TemplateOrigin, strict: bool) -> _Eval:
@@ -2301,98 +2268,110 @@ def _compare(op: str, left: _Eval, right: _Eval, origin: _TemplateOrigin, strict
 class _ExpressionParser:
     """Recursive descent over one tag's tokens; each method returns a compiled evaluator.
 
-    condition  := and ("or" and)*        and := not ("and" not)*
-    not        := "not" not | comparison  comparison := operand (op operand)?
-    operand    := "(" condition ")" | value ("|" name (":" value)?)*
-    value      := string | number | True | False | None | dotted.name
+    condition := and ("or" and)*             and := not ("and" not)*
+    not := "not"* comparison      comparison := operand (op operand | "is" "not"? "defined")?
+    operand := "(" condition ")" | value ("|" name (":" value)?)*
+    value := string | number | True | False | None | dotted.name
     """
 
-    def __init__(self, text: str, origin: _TemplateOrigin, strict: bool) -> None:
+    def __init__(self, text: str, origin: _TemplateOrigin, strict: bool,
+                 filters: Mapping[str, Callable[..., Any]]) -> None:
         self.text = text.strip()
         self.origin = origin
         self.strict = strict
+        self.filters = filters  # the App's own; the built-in ones are looked up after them
         self.tokens = _lex_expression(text, origin)
         self.position = 0
+        self.depth = 0  # of parentheses
 
     def fail(self, why: str) -> TemplateError:
         return self.origin.error(f"bad expression {self.text!r}: {why}")
 
-    def peek(self) -> tuple[str, str]:
-        if self.position < len(self.tokens):
-            return self.tokens[self.position]
-        return ("end", "")
-
     def take(self) -> tuple[str, str]:
-        token = self.peek()
+        token = self.tokens[self.position]
         self.position += token[0] != "end"
         return token
 
-    def accept(self, op: str) -> bool:
-        if self.peek() == ("op", op):
-            self.position += 1
-            return True
-        return False
+    def accept(self, op: str, kind: str = "op") -> bool:
+        found = self.tokens[self.position] == (kind, op)
+        self.position += found
+        return found
 
     def expect_end(self) -> None:
-        if self.position < len(self.tokens):
+        if self.tokens[self.position][0] != "end":
             raise self.fail(f"unexpected {self.tokens[self.position][1]!r}")
 
     def condition(self) -> _Eval:
-        left = self._and()
-        while self.accept("or"):
-            left = _either(left, self._and())
-        return left
+        return self._joined("or", lambda: self._joined("and", self._not))
 
-    def _and(self) -> _Eval:
-        left = self._not()
-        while self.accept("and"):
-            left = _both(left, self._not())
-        return left
+    def _joined(self, word: str, parse: Callable[[], _Eval]) -> _Eval:
+        """``a or b or c`` as one flat test (a chain of closures would recurse at render)."""
+        operands = [parse()]
+        while self.accept(word):
+            operands.append(parse())
+        stop = word == "and"  # `and` stops at the first false operand, `or` at a true one
+
+        def evaluate(scope: _TemplateScope) -> bool:
+            for operand in operands:
+                if (not operand(scope)) is stop:
+                    return not stop
+            return stop
+
+        return operands[0] if len(operands) == 1 else evaluate
 
     def _not(self) -> _Eval:
-        if self.accept("not"):
-            return _negate(self._not())
-        return self._comparison()
+        negations = 0
+        while self.accept("not"):
+            negations += 1
+        operand = self._comparison()
+        return (lambda scope: not operand(scope)) if negations % 2 else operand
 
     def _comparison(self) -> _Eval:
+        start = self.position
         left = self._operand()
-        op = self._comparison_operator()
-        if op is None:
+        kind, op = self.tokens[self.position]
+        if kind != "op" or (op not in _COMPARISONS and op != "not"):
             return left
-        return _compare(op, left, self._operand(), self.origin, self.strict)
-
-    def _comparison_operator(self) -> str | None:
-        kind, word = self.peek()
-        if kind != "op" or (word not in _COMPARISONS and word != "not"):
-            return None
         self.position += 1
-        if word == "not":
+        if op == "not":
             if not self.accept("in"):
                 raise self.fail("expected 'in' after 'not'")
-            return "not in"
-        return "is not" if word == "is" and self.accept("not") else word
+            op = "not in"
+        elif op == "is" and self.accept("not"):
+            op = "is not"
+        if not (op.startswith("is") and self.accept("defined", "name")):
+            return _compare(op, left, self._operand(), self.origin, self.strict)
+        # `x.y is defined`: whether the lookup finds something; never an error.
+        kind, path = self.tokens[start]
+        if kind != "name" or self.tokens[start + 1][1] != "is":
+            raise self.fail("'is defined' tests a name, as in 'user.email is defined'")
+        probe, positive = _compile_lookup(path, self.origin, False, _UNRESOLVED), op == "is"
+        return lambda scope: (probe(scope) is not _UNRESOLVED) is positive
 
     def _operand(self) -> _Eval:
-        if self.accept("("):
-            inner = self.condition()
-            if not self.accept(")"):
-                raise self.fail("missing ')'")
-            return inner
-        return self.filtered()
+        if not self.accept("("):
+            return self.filtered()
+        self.depth += 1
+        if self.depth > _MAX_NESTING:
+            raise self.fail(f"more than {_MAX_NESTING} nested parentheses")
+        inner = self.condition()
+        if not self.accept(")"):
+            raise self.fail("missing ')'")
+        self.depth -= 1
+        return inner
 
     def filtered(self) -> _Eval:
         """A value followed by its filters: ``user.name|default:"anon"|upper``."""
         kind, value = self._value()
-        filters: list[tuple[str, Callable[..., Any], _Eval | None]] = []
+        filters: list[_Filter] = []
         while self.accept("|"):
             filters.append(self._filter())
         # `default` is how a template says "this may be missing": never strict about it.
-        lenient = bool(filters) and filters[0][0] == "default"
-        evaluate = (_constant_eval(value) if kind == "literal"
-                    else _compile_lookup(value, self.origin, self.strict and not lenient))
-        for name, func, argument in filters:
-            evaluate = _compile_filter(evaluate, name, func, argument, self.origin, self.strict)
-        return evaluate
+        lenient = any(name == "default" for name, _, _ in filters)
+        evaluate = self._compiled(kind, value, self.strict and not lenient)
+        if not filters:
+            return evaluate
+        return _compile_filters(evaluate, filters, self.origin, self.strict)
 
     def _value(self) -> tuple[str, Any]:
         """Return ("literal", value) or ("lookup", "dotted.name")."""
@@ -2400,7 +2379,10 @@ class _ExpressionParser:
         if kind == "string":
             return "literal", SafeString(_unquote_literal(word))  # written by the template's author
         if kind == "number":
-            return "literal", float(word) if "." in word else int(word)
+            try:
+                return "literal", float(word) if "." in word else int(word)
+            except ValueError:  # more digits than int() converts
+                raise self.fail(f"number too long: {word[:20]}...") from None
         if kind == "const":
             return "literal", _CONSTANTS[word]
         if kind == "name":
@@ -2409,110 +2391,34 @@ class _ExpressionParser:
             return "lookup", word
         raise self.fail(f"expected a value, found {word!r}" if word else "expected a value")
 
-    def _filter(self) -> tuple[str, Callable[..., Any], _Eval | None]:
+    def _compiled(self, kind: str, value: Any, strict: bool) -> _Eval:
+        if kind == "literal":
+            return lambda scope: value
+        return _compile_lookup(value, self.origin, strict)
+
+    def _filter(self) -> _Filter:
         kind, name = self.take()
         if kind != "name" or "." in name:
             raise self.fail("expected a filter name after '|'")
-        if name not in _FILTERS:
-            known = ", ".join(_FILTERS)
+        func = self.filters.get(name) or _FILTERS.get(name)
+        if func is None:
+            known = ", ".join(sorted({*_FILTERS, *self.filters}))
             raise self.origin.error(f"unknown filter {name!r} (known filters: {known})")
-        func, takes_argument = _FILTERS[name]
-        if not self.accept(":"):
-            if takes_argument:
-                raise self.origin.error(f"filter {name!r} needs an argument ({name}:value)")
-            return name, func, None
-        if not takes_argument:
-            raise self.origin.error(f"filter {name!r} takes no argument")
-        kind, value = self._value()
-        argument = (_constant_eval(value) if kind == "literal"
-                    else _compile_lookup(value, self.origin, self.strict))
+        argument = self._compiled(*self._value(), self.strict) if self.accept(":") else None
+        if _signature_fits(func, None, *[None] * (argument is not None)) is False:
+            raise self.origin.error(f"filter {name!r} takes no argument" if argument else
+                                    f"filter {name!r} needs an argument ({name}:value)")
         return name, func, argument
 
 
-# -- templates: tokens and nodes
-
-class _TemplateToken:
-    __slots__ = ("content", "kind", "line")
-
-    def __init__(self, kind: str, content: str, line: int) -> None:
-        self.kind = kind  # "text", or the opener: "{{", "{%", "{#"
-        self.content = content
-        self.line = line
-
-
-_TAG_OPENER = re.compile(r"\{[{%#]")
-_TAG_CLOSERS = {"{{": "}}", "{%": "%}", "{#": "#}"}
-
-
-def _tokenize_template(source: str, name: str) -> list[_TemplateToken]:
-    """Cut the source into text and tags; tags may span lines (comments often do)."""
-    tokens: list[_TemplateToken] = []
-    position, line = 0, 1
-    while (match := _TAG_OPENER.search(source, position)) is not None:
-        start = match.start()
-        if start > position:
-            tokens.append(_TemplateToken("text", source[position:start], line))
-            line += source.count("\n", position, start)
-        opener = match.group()
-        end = source.find(_TAG_CLOSERS[opener], start + 2)
-        if end < 0:
-            closer = _TAG_CLOSERS[opener]
-            raise _TemplateOrigin(name, line).error(f"unclosed {opener!r}: add {closer!r}")
-        tokens.append(_TemplateToken(opener, source[start + 2:end], line))
-        line += source.count("\n", start, end)
-        position = end + 2
-    if position < len(source):
-        tokens.append(_TemplateToken("text", source[position:], line))
-    return tokens
-
-
-class _TemplateTag:
-    __slots__ = ("args", "line", "name")
-
-    def __init__(self, name: str, args: str, line: int) -> None:
-        self.name = name
-        self.args = args
-        self.line = line
-
-
-def _render_nothing(scope: _TemplateScope, out: list[str]) -> None:
-    pass
-
-
-def _text_node(text: str) -> _Render:
-    def render(scope: _TemplateScope, out: list[str]) -> None:
-        out.append(text)
-
-    return render
-
-
-def _output_node(evaluate: _Eval) -> _Render:
-    def render(scope: _TemplateScope, out: list[str]) -> None:
-        out.append(_to_html(evaluate(scope)))
-
-    return render
-
+# -- templates: nodes
 
 def _sequence_node(parts: list[str | _Render]) -> _Render:
-    """One render function for a run of nodes; adjacent texts (around comments) are merged."""
-    nodes: list[_Render] = []
-    text = ""
-    for part in parts:
-        if isinstance(part, str):
-            text += part
-            continue
-        if text:
-            nodes.append(_text_node(text))
-            text = ""
-        nodes.append(part)
-    if text:
-        nodes.append(_text_node(text))
-    if len(nodes) <= 1:
-        return nodes[0] if nodes else _render_nothing
-    return _run_all(tuple(nodes))
+    """One render function for a run of texts and nodes."""
+    nodes = tuple(_text_node(part) if isinstance(part, str) else part for part in parts if part)
+    if len(nodes) == 1:
+        return nodes[0]
 
-
-def _run_all(nodes: tuple[_Render, ...]) -> _Render:
     def render(scope: _TemplateScope, out: list[str]) -> None:
         for node in nodes:
             node(scope, out)
@@ -2520,16 +2426,12 @@ def _run_all(nodes: tuple[_Render, ...]) -> _Render:
     return render
 
 
-def _if_node(branches: list[tuple[_Eval, _Render]], otherwise: _Render | None) -> _Render:
-    def render(scope: _TemplateScope, out: list[str]) -> None:
-        for test, body in branches:
-            if test(scope):
-                body(scope, out)
-                return
-        if otherwise is not None:
-            otherwise(scope, out)
+def _text_node(text: str) -> _Render:
+    return lambda scope, out: out.append(text)
 
-    return render
+
+def _output_node(evaluate: _Eval) -> _Render:
+    return lambda scope, out: out.append(_to_html(evaluate(scope)))
 
 
 class _LoopState:
@@ -2542,25 +2444,11 @@ class _LoopState:
         self.length = length
         self.parent = parent  # the enclosing loop's `loop`, as Django's forloop.parentloop
 
-    @property
-    def index(self) -> int:
-        return self.index0 + 1
-
-    @property
-    def revindex(self) -> int:
-        return self.length - self.index0
-
-    @property
-    def revindex0(self) -> int:
-        return self.length - self.index0 - 1
-
-    @property
-    def first(self) -> bool:
-        return self.index0 == 0
-
-    @property
-    def last(self) -> bool:
-        return self.index0 == self.length - 1
+    index = property(lambda self: self.index0 + 1)
+    revindex = property(lambda self: self.length - self.index0)
+    revindex0 = property(lambda self: self.length - self.index0 - 1)
+    first = property(lambda self: self.index0 == 0)
+    last = property(lambda self: self.index0 == self.length - 1)
 
 
 def _loop_items(value: Any, reverse: bool, origin: _TemplateOrigin, strict: bool) -> list[Any]:
@@ -2589,7 +2477,8 @@ def _unpack(item: Any, count: int, origin: _TemplateOrigin, strict: bool) -> tup
 
 
 def _restore_names(scope: _TemplateScope, names: tuple[str, ...], saved: list[Any]) -> None:
-    """Put back what the loop variables hid, so a loop leaves the scope as it found it."""
+    """Put back what a tag's own names hid, so that it leaves the scope as it found it (no
+    `finally` is needed: a render that fails throws its scope away)."""
     for name, old in zip(names, saved, strict=True):
         if old is _UNRESOLVED:
             scope.pop(name, None)
@@ -2597,22 +2486,13 @@ def _restore_names(scope: _TemplateScope, names: tuple[str, ...], saved: list[An
             scope[name] = old
 
 
-class _ForHeader:
-    __slots__ = ("iterable", "reverse", "targets")
-
-    def __init__(self, targets: tuple[str, ...], iterable: _Eval, reverse: bool) -> None:
-        self.targets = targets
-        self.iterable = iterable
-        self.reverse = reverse
-
-
-def _for_node(header: _ForHeader, body: _Render, otherwise: _Render | None,
-              origin: _TemplateOrigin, strict: bool) -> _Render:
-    targets = header.targets
+def _for_node(header: tuple[tuple[str, ...], _Eval, bool], body: _Render,
+              otherwise: _Render | None, origin: _TemplateOrigin, strict: bool) -> _Render:
+    targets, iterable, reverse = header
     names = (*targets, "loop")
 
     def render(scope: _TemplateScope, out: list[str]) -> None:
-        items = _loop_items(header.iterable(scope), header.reverse, origin, strict)
+        items = _loop_items(iterable(scope), reverse, origin, strict)
         if not items:
             if otherwise is not None:
                 otherwise(scope, out)
@@ -2620,162 +2500,250 @@ def _for_node(header: _ForHeader, body: _Render, otherwise: _Render | None,
         saved = [scope.get(name, _UNRESOLVED) for name in names]
         outer = saved[-1] if type(saved[-1]) is _LoopState else None
         loop = scope["loop"] = _LoopState(len(items), outer)
-        try:
-            for index0, item in enumerate(items):
-                loop.index0 = index0
-                if len(targets) == 1:
-                    scope[targets[0]] = item
-                else:
-                    values = _unpack(item, len(targets), origin, strict)
-                    scope.update(zip(targets, values, strict=True))
-                body(scope, out)
-        finally:
-            _restore_names(scope, names, saved)
+        for index0, item in enumerate(items):
+            loop.index0 = index0
+            if len(targets) == 1:
+                scope[targets[0]] = item
+            else:
+                values = _unpack(item, len(targets), origin, strict)
+                scope.update(zip(targets, values, strict=True))
+            body(scope, out)
+        _restore_names(scope, names, saved)
 
     return render
 
 
-def _parse_for_header(args: str, origin: _TemplateOrigin, strict: bool) -> _ForHeader:
-    """Parse ``k, v in d.items reversed``, the part of a for tag after ``for``."""
-    parser = _ExpressionParser(args, origin, strict)
-    targets: list[str] = []
-    while True:
-        kind, word = parser.take()
-        if kind != "name" or "." in word or word.startswith("_") or word == "loop":
-            raise origin.error(f"bad 'for' tag: {word!r} cannot be a loop variable")
-        targets.append(word)
-        if not parser.accept(","):
-            break
-    if not parser.accept("in"):
-        raise origin.error("bad 'for' tag: expected 'for name in sequence'")
-    iterable = parser.filtered()
-    reverse = parser.peek() == ("name", "reversed")
-    parser.position += reverse
-    parser.expect_end()
-    return _ForHeader(tuple(targets), iterable, reverse)
+def _render_block(versions: tuple[_Render, ...], scope: _TemplateScope, out: list[str]) -> None:
+    """Render the most derived version of a block; `{{ block.super }}` renders the next one
+    (a callable, which the lookup calls only when a template asks for it)."""
+
+    def parent() -> SafeString:
+        inner: list[str] = []
+        if len(versions) > 1:
+            _render_block(versions[1:], scope, inner)
+        return SafeString("".join(inner))
+
+    saved = [scope.get("block", _UNRESOLVED)]
+    scope["block"] = {"super": parent}
+    versions[0](scope, out)
+    _restore_names(scope, ("block",), saved)
 
 
 # -- templates: the parser
 
+class _TemplateTag(_TemplateOrigin):
+    """``{% name args %}``, and where it is."""
+
+    __slots__ = ("args", "name")
+
+    def __init__(self, template: str, line: int, content: str) -> None:
+        super().__init__(template, line)
+        self.name, self.args = ([*content.split(None, 1), "", ""])[:2]
+
+
+_TAG_OPENER = re.compile(r"\{[{%#]")
+_TAG_CLOSERS = {"{{": "}}", "{%": "%}", "{#": "#}"}
 # Tags that only make sense inside a block, with the tag that opens that block.
 _INNER_TAGS = {"elif": "if", "else": "if' or 'for", "endif": "if", "empty": "for",
-               "endfor": "for", "endcomment": "comment"}
+               "endfor": "for", "endcomment": "comment", "endblock": "block"}
+
+
+def _tokenize_template(source: str, name: str) -> list[tuple[str, str, int]]:
+    """Cut the source into (kind, content, line), kind "text", "{{", "{%" or "{#"."""
+    tokens: list[tuple[str, str, int]] = []
+    position, line = 0, 1
+    while (match := _TAG_OPENER.search(source, position)) is not None:
+        start, opener = match.start(), match.group()
+        if start > position:
+            tokens.append(("text", source[position:start], line))
+            line += source.count("\n", position, start)
+        closer = _TAG_CLOSERS[opener]
+        end = source.find(closer, start + 2)
+        if end < 0:
+            raise _TemplateOrigin(name, line).error(f"unclosed {opener!r}: add {closer!r}")
+        tokens.append((opener, source[start + 2:end], line))
+        line += source.count("\n", start, end)
+        position = end + 2
+    if position < len(source):
+        tokens.append(("text", source[position:], line))
+    return tokens
 
 
 class _TemplateParser:
-    """Turns the tokens of one template into a tree of render closures."""
+    """Turns the tokens of one template into a tree of render closures, and its blocks."""
 
-    def __init__(self, source: str, name: str, strict: bool) -> None:
+    def __init__(self, source: str, name: str, strict: bool,
+                 filters: Mapping[str, Callable[..., Any]], loader: TemplateLoader | None) -> None:
         self.name = name
         self.strict = strict
+        self.filters = filters
+        self.loader = loader
         self.tokens = _tokenize_template(source, name)
         self.position = 0
+        self.depth = 0  # of nested tags
+        self.first_tag = True  # `extends` must be the first tag, as in Django
+        self.parent: Template | None = None
+        self.blocks: dict[str, _Render] = {}  # those closed so far
+        self.block_lines: dict[str, int] = {}  # those opened so far
 
-    def parse(self) -> _Render:
+    def parse(self) -> tuple[_Render, _Blocks]:
+        """The body to render and the blocks, each with the versions it overrides."""
         body, _ = self.block(frozenset())
-        return body
+        if self.parent is None:
+            return body, {name: (render,) for name, render in self.blocks.items()}
+        blocks = dict(self.parent._blocks)  # what a child writes outside its blocks is ignored
+        for name, render in self.blocks.items():
+            blocks[name] = (render, *blocks.get(name, ()))
+        return self.parent._body, blocks
 
     def block(self, until: frozenset[str]) -> tuple[_Render, _TemplateTag | None]:
         """Parse nodes up to one of the tags in `until` (returned) or the end (None)."""
         parts: list[str | _Render] = []
-        while self.position < len(self.tokens):
-            token = self.tokens[self.position]
+        end = None
+        self.depth += 1
+        while end is None and self.position < len(self.tokens):
+            kind, content, line = self.tokens[self.position]
             self.position += 1
-            if token.kind == "text":
-                parts.append(token.content)
-            elif token.kind == "{{":
-                origin = _TemplateOrigin(self.name, token.line)
-                parser = _ExpressionParser(token.content, origin, self.strict)
-                evaluate = parser.filtered()
+            if kind == "text":
+                parts.append(content)
+            elif kind == "{{":
+                origin = _TemplateOrigin(self.name, line)
+                parser = _ExpressionParser(content, origin, self.strict, self.filters)
+                parts.append(_output_node(parser.filtered()))
                 parser.expect_end()
-                parts.append(_output_node(evaluate))
-            elif token.kind == "{%":
-                tag = self._split_tag(token)
+                self.first_tag = False
+            elif kind == "{%":
+                tag = _TemplateTag(self.name, line, content)
                 if tag.name in until:
-                    return _sequence_node(parts), tag
-                parts.append(self._tag(tag))
-        return _sequence_node(parts), None
+                    end = tag
+                else:
+                    parts.append(self._tag(tag, until))
+                    self.first_tag = self.first_tag and tag.name == "comment"
+        self.depth -= 1
+        return _sequence_node(parts), end
 
-    def _split_tag(self, token: _TemplateToken) -> _TemplateTag:
-        words = token.content.split(None, 1)
-        if not words:
-            raise _TemplateOrigin(self.name, token.line).error("empty tag '{% %}'")
-        return _TemplateTag(words[0], words[1] if len(words) > 1 else "", token.line)
-
-    def _tag(self, tag: _TemplateTag) -> str | _Render:
-        if tag.name == "if":
-            return self._if(tag)
-        if tag.name == "for":
-            return self._for(tag)
-        if tag.name == "comment":
-            self._skip_comment(tag)
-            return ""
-        origin = _TemplateOrigin(self.name, tag.line)
+    def _tag(self, tag: _TemplateTag, until: frozenset[str]) -> str | _Render:
+        handler = self._TAGS.get(tag.name)
+        if not tag.name:
+            raise tag.error("empty tag '{% %}'")
+        if self.depth > _MAX_NESTING:
+            raise tag.error(f"tags nested more than {_MAX_NESTING} deep")
+        if handler is not None:
+            return handler(self, tag)
         if tag.name in _INNER_TAGS:
-            raise origin.error(f"unexpected '{tag.name}': no open '{_INNER_TAGS[tag.name]}' here")
-        raise origin.error(f"unknown tag {tag.name!r} (known tags: if, for, comment)")
+            where = (f"expected {' or '.join(map(repr, sorted(until)))}" if until
+                     else f"no open '{_INNER_TAGS[tag.name]}' here")
+            raise tag.error(f"unexpected '{tag.name}': {where}")
+        raise tag.error(f"unknown tag {tag.name!r} (known tags: {', '.join(self._TAGS)})")
 
-    def _closed(self, opener: _TemplateTag, end: _TemplateTag | None,
-                expected: str) -> _TemplateTag:
-        if end is None:
-            raise _TemplateOrigin(self.name, opener.line).error(
-                f"'{opener.name}' tag is never closed: expected '{{% {expected} %}}'")
-        if end.args.strip():
-            raise _TemplateOrigin(self.name, end.line).error(f"'{end.name}' takes no arguments")
-        return end
-
-    def _after_else(self, opener: _TemplateTag, end: _TemplateTag | None, expected: str) -> None:
-        # Named here, a second branch after 'else' gets a clearer message than "unexpected".
-        if end is not None and end.name != expected:
-            raise _TemplateOrigin(self.name, end.line).error(
-                f"'{end.name}' after 'else' in the '{opener.name}' of line {opener.line}")
-        self._closed(opener, end, expected)
-
-    def _condition(self, tag: _TemplateTag) -> _Eval:
-        origin = _TemplateOrigin(self.name, tag.line)
-        if not tag.args.strip():
-            raise origin.error(f"'{tag.name}' needs a condition")
-        parser = _ExpressionParser(tag.args, origin, self.strict)
-        test = parser.condition()
-        parser.expect_end()
-        return test
-
-    def _if(self, opener: _TemplateTag) -> _Render:
-        branches = []
+    def _branches(self, opener: _TemplateTag, middle: tuple[str, ...], end: str,
+                  ) -> tuple[list[tuple[_TemplateTag, _Render]], _TemplateTag]:
+        """The bodies of `opener` up to `end`, each with the tag before it (if, elif, else)."""
+        branches: list[tuple[_TemplateTag, _Render]] = []
         tag = opener
         while True:
-            test = self._condition(tag)
-            body, end = self.block(frozenset({"elif", "else", "endif"}))
-            if end is None or end.name != "elif":
-                end = self._closed(opener, end, "endif")
-            branches.append((test, body))
-            if end.name == "endif":
-                return _if_node(branches, None)
-            if end.name == "else":
-                otherwise, last = self.block(frozenset({"elif", "else", "endif"}))
-                self._after_else(opener, last, "endif")
-                return _if_node(branches, otherwise)
-            tag = end
+            body, closer = self.block(frozenset({*middle, end}))
+            branches.append((tag, body))
+            if closer is None:
+                raise opener.error(f"'{opener.name}' tag is never closed: expected '{{% {end} %}}'")
+            if tag.name in ("else", "empty") and closer.name != end:
+                raise closer.error(f"'{closer.name}' after '{tag.name}' in the "
+                                   f"'{opener.name}' of line {opener.line}")
+            if closer.args.strip() and closer.name not in ("elif", "endblock"):
+                raise closer.error(f"'{closer.name}' takes no arguments")
+            if closer.name == end:
+                return branches, closer
+            tag = closer
+
+    def _if(self, opener: _TemplateTag) -> _Render:
+        branches, _ = self._branches(opener, ("elif", "else"), "endif")
+        otherwise = branches.pop()[1] if branches[-1][0].name == "else" else None
+        tests = []
+        for tag, body in branches:
+            if not tag.args.strip():
+                raise tag.error(f"'{tag.name}' needs a condition")
+            parser = _ExpressionParser(tag.args, tag, self.strict, self.filters)
+            tests.append((parser.condition(), body))
+            parser.expect_end()
+
+        def render(scope: _TemplateScope, out: list[str]) -> None:
+            for test, body in tests:
+                if test(scope):
+                    body(scope, out)
+                    return
+            if otherwise is not None:
+                otherwise(scope, out)
+
+        return render
 
     def _for(self, opener: _TemplateTag) -> _Render:
-        origin = _TemplateOrigin(self.name, opener.line)
-        header = _parse_for_header(opener.args, origin, self.strict)
-        body, end = self.block(frozenset({"else", "empty", "endfor"}))
-        end = self._closed(opener, end, "endfor")
-        otherwise = None
-        if end.name != "endfor":
-            otherwise, last = self.block(frozenset({"else", "empty", "endfor"}))
-            self._after_else(opener, last, "endfor")
-        return _for_node(header, body, otherwise, origin, self.strict)
+        """``{% for k, v in d.items reversed %}``."""
+        parser = _ExpressionParser(opener.args, opener, self.strict, self.filters)
+        targets: list[str] = []
+        while not targets or parser.accept(","):
+            kind, word = parser.take()
+            if kind != "name" or "." in word or word.startswith("_") or word == "loop":
+                raise opener.error(f"bad 'for' tag: {word!r} cannot be a loop variable")
+            targets.append(word)
+        if not parser.accept("in"):
+            raise opener.error("bad 'for' tag: expected 'for name in sequence'")
+        header = (tuple(targets), parser.filtered(), parser.accept("reversed", "name"))
+        parser.expect_end()
+        branches, _ = self._branches(opener, ("else", "empty"), "endfor")
+        otherwise = branches[1][1] if len(branches) > 1 else None
+        return _for_node(header, branches[0][1], otherwise, opener, self.strict)
 
-    def _skip_comment(self, opener: _TemplateTag) -> None:
+    def _comment(self, opener: _TemplateTag) -> str:
         # The content is not parsed: a comment may hold broken or unknown tags.
         while self.position < len(self.tokens):
-            token = self.tokens[self.position]
+            kind, content, _ = self.tokens[self.position]
             self.position += 1
-            if token.kind == "{%" and token.content.split(None, 1)[:1] == ["endcomment"]:
-                return
-        self._closed(opener, None, "endcomment")
+            if kind == "{%" and content.split(None, 1)[:1] == ["endcomment"]:
+                return ""
+        raise opener.error("'comment' tag is never closed: expected '{% endcomment %}'")
+
+    def _block(self, opener: _TemplateTag) -> _Render:
+        name = opener.args.strip()
+        if not name.isidentifier():
+            raise opener.error("'block' needs a name: {% block content %}")
+        if name in self.block_lines:
+            raise opener.error(f"block {name!r} is already on line {self.block_lines[name]}")
+        outermost = len(self.block_lines) == len(self.blocks)  # no other block is open
+        if outermost and self.parent is not None and name not in self.parent._blocks:
+            raise opener.error(f"block {name!r} is not in {self.parent.name!r} (its blocks: "
+                               f"{', '.join(self.parent._blocks) or 'none'}): never shown")
+        self.block_lines[name] = opener.line
+        branches, end = self._branches(opener, (), "endblock")
+        if end.args.strip() not in ("", name):
+            raise end.error(f"'endblock {end.args.strip()}' closes block {name!r}")
+        self.blocks[name] = branches[0][1]
+        # The versions come with the template being rendered: a child's override wins.
+        return lambda scope, out: _render_block(scope[_BLOCKS][name], scope, out)
+
+    def _extends(self, tag: _TemplateTag) -> str:
+        if not self.first_tag or self.depth != 1:
+            raise tag.error("'extends' must be the first tag in the template")
+        self.parent = self._load(tag)
+        return ""
+
+    def _include(self, tag: _TemplateTag) -> _Render:
+        return self._load(tag)._render
+
+    def _load(self, tag: _TemplateTag) -> Template:
+        """The template that `extends` or `include` names, compiled now."""
+        tokens = _lex_expression(tag.args, tag)
+        if len(tokens) != 2 or tokens[0][0] != "string":
+            raise tag.error(f"'{tag.name}' takes a quoted template name, as in "
+                            f"{{% {tag.name} \"page.html\" %}}")
+        name = _unquote_literal(tokens[0][1])
+        if self.loader is None:
+            raise tag.error(f"'{tag.name}' needs a TemplateLoader to find {name!r}")
+        return self.loader._load(name, tag)
+
+    _TAGS: dict[str, Callable[[_TemplateParser, _TemplateTag], str | _Render]] = {
+        "if": _if, "for": _for, "comment": _comment, "block": _block, "extends": _extends,
+        "include": _include,
+    }
 
 
 # -- templates: public classes
@@ -2784,14 +2752,19 @@ class Template:
     """A template compiled once, at construction; `render()` only runs the compiled code.
 
     `strict=True` (the App passes its `debug`) turns a missing name or a failing filter into
-    a TemplateError naming the template and the line, instead of an empty string.
+    a TemplateError naming the template and the line, instead of an empty string. `filters`
+    adds to the built-in filters; `loader` finds what `extends` and `include` name.
     """
 
-    def __init__(self, source: str, name: str = "<string>", *, strict: bool = False) -> None:
+    def __init__(self, source: str, name: str = "<string>", *, strict: bool = False,
+                 filters: Mapping[str, Callable[..., Any]] | None = None,
+                 loader: TemplateLoader | None = None) -> None:
         self.source = source
         self.name = name
         self.strict = strict
-        self._render = _TemplateParser(source, name, strict).parse()
+        # With `extends`, the body is the root parent's, and blocks hold every version.
+        self._body, self._blocks = _TemplateParser(
+            source, name, strict, filters or {}, loader).parse()
 
     def render(self, context: Mapping[str, Any] | None = None) -> str:
         """Render with `context`; the result is a SafeString (it is HTML already)."""
@@ -2799,6 +2772,12 @@ class Template:
         # A private copy: loop variables are set in it, the caller's mapping is never changed.
         self._render(dict(context) if context else {}, out)
         return SafeString("".join(out))
+
+    def _render(self, scope: _TemplateScope, out: list[str]) -> None:
+        outer = scope.get(_BLOCKS)  # an included template's blocks hold only while it runs
+        scope[_BLOCKS] = self._blocks
+        self._body(scope, out)
+        scope[_BLOCKS] = outer
 
     def __repr__(self) -> str:
         return f"<Template {self.name!r}>"
@@ -2816,36 +2795,54 @@ def _template_path_parts(name: str) -> list[str] | None:
 
 class TemplateLoader:
     """Finds templates by name in `dirs` (first dir that has the file wins), compiles each
-    once and caches it by name; safe to share between the threads of a server."""
+    once and caches it by name; safe to share between the threads of a server. `filters` is
+    kept, not copied: one added later counts in the templates compiled (first used) after."""
 
     def __init__(self, dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *,
-                 strict: bool = False) -> None:
+                 strict: bool = False,
+                 filters: Mapping[str, Callable[..., Any]] | None = None) -> None:
         if isinstance(dirs, (str, os.PathLike)):  # one dir given bare: not a list of letters
             dirs = [dirs]
         self.dirs: tuple[str, ...] = tuple(os.fspath(directory) for directory in dirs)
         self.strict = strict
+        self.filters: Mapping[str, Callable[..., Any]] = {} if filters is None else filters
         self._cache: dict[str, Template] = {}
-        self._lock = _thread.allocate_lock()
+        self._lock = _thread.RLock()  # re-entered to compile what a template extends
+        self._compiling: list[str] = []  # names being compiled, outermost first: cycles show
 
     def get_template(self, name: str) -> Template:
-        template = self._cache.get(name)
-        if template is None:
-            with self._lock:  # one compile per name even when threads ask at the same time
-                template = self._cache.get(name)
-                if template is None:
-                    template = Template(self._read(name), name, strict=self.strict)
-                    self._cache[name] = template
-        return template
+        return self._cache.get(name) or self._load(name, None)
 
     def render(self, name: str, context: Mapping[str, Any] | None = None) -> str:
         return self.get_template(name).render(context)
 
-    def _read(self, name: str) -> str:
+    def _load(self, name: str, origin: _TemplateOrigin | None) -> Template:
+        """The compiled template; `origin` is the extends or include tag that asks for it."""
+        fail = TemplateError if origin is None else origin.error
+        with self._lock:  # one compile per name even when threads ask at the same time
+            template = self._cache.get(name)
+            if template is not None:
+                return template
+            if name in self._compiling:
+                chain = " -> ".join(repr(each) for each in [*self._compiling, name])
+                raise fail(f"templates extend or include each other in a cycle: {chain}")
+            if len(self._compiling) >= _MAX_NESTING:
+                raise fail(f"templates extend or include more than {_MAX_NESTING} deep")
+            self._compiling.append(name)
+            try:
+                template = Template(self._read(name, fail), name, strict=self.strict,
+                                    filters=self.filters, loader=self)
+            finally:
+                self._compiling.pop()
+            self._cache[name] = template
+            return template
+
+    def _read(self, name: str, fail: Callable[[str], TemplateError]) -> str:
         searched = ", ".join(repr(directory) for directory in self.dirs) or "(no dirs)"
         parts = _template_path_parts(name)
         if parts is None:
-            raise TemplateError(f"template name {name!r} is refused: it must be a relative "
-                                f"path inside the template dirs ({searched})")
+            raise fail(f"template name {name!r} is refused: it must be a relative "
+                       f"path inside the template dirs ({searched})")
         for directory in self.dirs:
             path = os.path.join(directory, *parts)
             try:
@@ -2855,8 +2852,8 @@ class TemplateLoader:
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 continue
             except UnicodeDecodeError as exc:
-                raise TemplateError(f"template {name!r} ({path}) is not UTF-8: {exc}") from exc
-        raise TemplateError(f"template {name!r} not found; searched: {searched}")
+                raise fail(f"template {name!r} ({path}) is not UTF-8: {exc}") from exc
+        raise fail(f"template {name!r} not found; searched: {searched}")
 
 
 # ---------------------------------------------------------------- routing
@@ -4541,13 +4538,22 @@ class App:
             _loggable(request.method), _logged_path(request))
 
     # -- templates
+    def template_filter(self, name: str) -> Callable[[_F], _F]:
+        """Decorator: `@app.template_filter("shout")` makes ``{{ x|shout }}`` call it, with the
+        value (and the argument of ``shout:arg``, when its signature takes one)."""
+        def register(func: _F) -> _F:
+            self.template_filters[name] = func
+            return func
+        return register
+
     def render_template(self, template_name: str, context: Mapping[str, Any],
                         request: Request | None = None) -> str:
         """Render with `renderer` when given, else with this file's template engine."""
         if self.renderer is not None:
             return self.renderer(template_name, dict(context), request)
-        if self._templates is None:
-            self._templates = TemplateLoader(self.template_dirs, strict=self.debug)
+        if self._templates is None:  # it shares the dict: filters added later count too
+            self._templates = TemplateLoader(self.template_dirs, strict=self.debug,
+                                             filters=self.template_filters)
         return str(self._templates.render(template_name, {"request": request, **context}))
 
     # -- handing the response to the server

@@ -127,6 +127,10 @@ WSGI_ONLY = {
     "test_dotted_string_middleware_imported_at_startup",
     "test_middleware_factories_called_once_not_per_request",
     "test_custom_reason_phrase_is_the_status_line",
+    # ASGI sends header names lowercased; raw WSGI apps have no ASGI side.
+    "test_client_headers_as_werkzeug_has_them",
+    "test_client_headers_repeated_by_a_raw_wsgi_app",
+    "test_client_tolerates_odd_responses",
     "test_proxy_answer_keeps_status_reason_cookies_and_drops_hop_by_hop",
     # Under ASGI a sync view runs in a pool thread and the response closes on the loop's
     # thread: a sqlite3 connection is closed there rather than pooled (see README).
@@ -136,6 +140,7 @@ WSGI_ONLY = {
     "test_a_streaming_body_reads_request_db_until_the_response_closes",
     "test_atomic_view_rolls_back_when_process_exception_answers",
     "test_commit_failure_is_a_500_and_writes_nothing",
+    "test_middleware_writes_before_the_view_share_its_transaction",
 }
 _CLIENT_INIT = Client.__init__
 
@@ -10627,3 +10632,579 @@ def test_readme_documents_what_newcomers_dug_for() -> None:
                    'request.method == "HEAD"', "RawPostDataException", "getlist(",
                    "### Differences from Django"):
         assert needle in readme, needle
+
+
+
+# ============================================================================ templates: inheritance, include, filters (issue 13)
+
+def _template_dir(root: Path, sources: dict[str, str]) -> Path:
+    for name, source in sources.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source, encoding="utf-8")
+    return root
+
+
+def _loader(root: Path, sources: dict[str, str], **options: Any) -> TemplateLoader:
+    return TemplateLoader(_template_dir(root, sources), **options)
+
+
+# A site's usual three levels, as in Django's "Template inheritance" documentation.
+_SITE = {
+    "base.html": ("<title>{% block title %}My site{% endblock %}</title>"
+                  "<nav>{% block nav %}<a>home</a>{% endblock %}</nav>"
+                  "<main>{% block content %}{% endblock %}</main>"),
+    "section.html": ('{% extends "base.html" %}'
+                     "{% block nav %}{{ block.super }}<a>{{ section }}</a>{% endblock %}"),
+    "page.html": ("{% extends 'section.html' %}\n"
+                  "{% block title %}{{ page }} - {{ block.super }}{% endblock title %}\n"
+                  "{% block content %}<p>{{ body }}</p>{% endblock %}\n"),
+}
+
+
+def test_child_fills_the_parents_blocks_and_keeps_the_others(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {**_SITE, "child.html": (
+        '{% extends "base.html" %}{% block content %}<p>{{ x }}</p>{% endblock %}')})
+    assert loader.render("child.html", {"x": "<hi>"}) == (
+        "<title>My site</title><nav><a>home</a></nav><main><p>&lt;hi&gt;</p></main>")
+    assert loader.render("base.html") == "<title>My site</title><nav><a>home</a></nav><main></main>"
+
+
+def test_three_levels_with_block_super_at_each(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, _SITE)
+    context = {"section": "Blog", "page": "Post", "body": "text"}
+    assert loader.render("page.html", context) == (
+        "<title>Post - My site</title><nav><a>home</a><a>Blog</a></nav>"
+        "<main><p>text</p></main>")
+
+
+def test_a_middle_level_without_blocks_changes_nothing(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {**_SITE, "same.html": '{% extends "base.html" %}',
+                                "again.html": '{% extends "same.html" %}'
+                                              "{% block title %}T{% endblock %}"})
+    assert loader.render("same.html") == loader.render("base.html")
+    assert loader.render("again.html").startswith("<title>T</title><nav><a>home</a>")
+
+
+def test_block_super_chains_through_every_level(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {
+        "a.html": "[{% block b %}a{% endblock %}]",
+        "b.html": "{% extends 'a.html' %}{% block b %}{{ block.super }}b{% endblock %}",
+        "c.html": "{% extends 'b.html' %}{% block b %}{{ block.super }}c{% endblock %}",
+        "d.html": "{% extends 'c.html' %}{% block b %}d{% endblock %}",
+    })
+    assert [loader.render(n) for n in ("a.html", "b.html", "c.html", "d.html")] == [
+        "[a]", "[ab]", "[abc]", "[d]"]
+
+
+def test_block_super_in_a_template_without_parent_is_empty(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {"a.html": "{% block b %}<{{ block.super }}>{% endblock %}"})
+    assert loader.render("a.html") == "<>"
+    assert TemplateLoader(tmp_path, strict=True).render("a.html") == "<>"
+
+
+def test_block_super_is_not_escaped_twice(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {
+        "a.html": "{% block b %}<b>{{ x }}</b>{% endblock %}",
+        "b.html": "{% extends 'a.html' %}{% block b %}{{ block.super }}!{% endblock %}",
+    })
+    assert loader.render("b.html", {"x": "&"}) == "<b>&amp;</b>!"
+
+
+def test_nested_blocks_are_overridden_at_any_level(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {
+        "base.html": "1{% block outer %}&{% endblock %}3",
+        "mid.html": ("{% extends 'base.html' %}"
+                     "{% block outer %}2{% block inner %}in{% endblock %}{% endblock %}"),
+        "leaf.html": "{% extends 'mid.html' %}{% block inner %}out{% endblock %}",
+        "nest.html": "a{% block x %}b{% block y %}c{% endblock %}d{% endblock %}e",
+        "nest2.html": "{% extends 'nest.html' %}{% block y %}C{% endblock %}",
+    })
+    assert loader.render("mid.html") == "12in3"
+    assert loader.render("leaf.html") == "12out3"
+    assert loader.render("nest2.html") == "abCde"
+
+
+def test_blocks_inside_if_and_for_are_still_overridden(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {
+        "if.html": "1{% if show %}{% block opt %}2{% endblock %}{% endif %}3",
+        "if2.html": "{% extends 'if.html' %}{% block opt %}two{{ block.super }}{% endblock %}",
+        "for.html": "{% for n in numbers %}_{% block item %}{{ n }}{% endblock %}{% endfor %}_",
+        "for2.html": "{% extends 'for.html' %}{% block item %}<{{ block.super }}>{% endblock %}",
+    })
+    assert loader.render("if2.html", {"show": True}) == "1two23"
+    assert loader.render("if2.html", {"show": False}) == "13"
+    assert loader.render("for2.html", {"numbers": "123"}) == "_<1>_<2>_<3>_"
+    assert loader.render("for2.html", {"numbers": ""}) == "_"
+
+
+def test_what_a_child_writes_outside_its_blocks_is_ignored(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {
+        "base.html": "<{% block b %}{% endblock %}>",
+        "child.html": ("{# a note #}\n  {% extends 'base.html' %}  text {{ x }}\n"
+                       "{% if x %}shown?{% endif %}{% block b %}B{% endblock %} more"),
+    })
+    assert loader.render("child.html", {"x": 1}) == "<B>"
+    # ... but it is still compiled: its errors are errors.
+    (tmp_path / "bad.html").write_text("{% extends 'base.html' %}\n{{ x|nope }}", "utf-8")
+    with pytest.raises(TemplateError, match=r"'nope'.*'bad\.html', line 2"):
+        loader.get_template("bad.html")
+
+
+def test_child_blocks_and_parent_see_the_same_context(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {
+        "base.html": "{{ who }}:{% block b %}{% endblock %}:{% for x in xs %}{% block i %}"
+                     "{% endblock %}{% endfor %}",
+        "child.html": "{% extends 'base.html' %}{% block b %}{{ who }}{% endblock %}"
+                      "{% block i %}{{ x }}{{ loop.index }}{% endblock %}",
+    })
+    assert loader.render("child.html", {"who": "ann", "xs": "ab"}) == "ann:ann:a1b2"
+
+
+def test_block_name_after_endblock_must_match(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {"ok.html": "{% block main %}x{% endblock main %}",
+                                "bad.html": "{% block main %}\nx{% endblock mian %}"})
+    assert loader.render("ok.html") == "x"
+    with pytest.raises(TemplateError, match=r"closes block 'main'.*'bad\.html', line 2"):
+        loader.get_template("bad.html")
+
+
+@pytest.mark.parametrize(("source", "line", "words"), [
+    ("{% block a %}{% endblock %}\n{% block a %}{% endblock %}", 2, "already on line 1"),
+    ("{% block a %}{% block a %}{% endblock %}{% endblock %}", 1, "already on line 1"),
+    ("{% block %}{% endblock %}", 1, "needs a name"),
+    ("{% block a b %}{% endblock %}", 1, "needs a name"),
+    ("x\n{% block a %}", 2, "never closed"),
+    ("{% endblock %}", 1, "unexpected 'endblock'"),
+    ("{% if x %}{% extends 'base.html' %}{% endif %}", 1, "must be the first tag"),
+    ("{{ x }}{% extends 'base.html' %}", 1, "must be the first tag"),
+    ("{% block a %}{% endblock %}\n{% extends 'base.html' %}", 2, "must be the first tag"),
+    ("{% extends 'base.html' %}\n{% extends 'base.html' %}", 2, "must be the first tag"),
+    ("{% extends base %}", 1, "quoted template name"),
+    ("{% extends 'base.html' 'other.html' %}", 1, "quoted template name"),
+    ("{% include %}", 1, "quoted template name"),
+    ("{% include name %}", 1, "quoted template name"),
+    ("{% extends 'base.html' %}\n\n{% block nope %}{% endblock %}", 3, "block 'nope' is not in"),
+    ("{% extends 'missing.html' %}", 1, "'missing.html' not found"),
+    ("a\n{% include 'missing.html' %}", 2, "'missing.html' not found"),
+    ("{% include '../secret.html' %}", 1, "refused"),
+])
+def test_inheritance_errors_name_template_and_line(tmp_path: Path, source: str, line: int,
+                                                   words: str) -> None:
+    loader = _loader(tmp_path, {"base.html": "{% block a %}{% endblock %}", "t.html": source})
+    with pytest.raises(TemplateError) as caught:
+        loader.get_template("t.html")
+    message = str(caught.value)
+    assert words in message and f"(template 't.html', line {line})" in message
+
+
+def test_an_error_in_a_parent_names_the_parent(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {"base.html": "x\n\n{% frob %}",
+                                "child.html": "{% extends 'base.html' %}"})
+    with pytest.raises(TemplateError, match=r"unknown tag 'frob'.*'base\.html', line 3"):
+        loader.get_template("child.html")
+
+
+def test_extends_and_include_need_a_loader() -> None:
+    with pytest.raises(TemplateError, match="needs a TemplateLoader.*line 1"):
+        Template("{% extends 'base.html' %}")
+    with pytest.raises(TemplateError, match="needs a TemplateLoader"):
+        Template("{% include 'part.html' %}")
+
+
+def test_a_string_template_can_extend_through_a_loader(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {"base.html": "<{% block a %}{% endblock %}>"})
+    template = Template("{% extends 'base.html' %}{% block a %}{{ x }}{% endblock %}",
+                        loader=loader)
+    assert template.render({"x": 1}) == "<1>"
+
+
+def test_include_sees_the_current_context_and_loop(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {
+        "item.html": "<li>{{ loop.index }}. {{ item.name }} ({{ owner }})</li>",
+        "list.html": "<ul>{% for item in items %}{% include 'item.html' %}{% endfor %}</ul>",
+    })
+    items = [{"name": "a<"}, {"name": "b"}]
+    assert loader.render("list.html", {"items": items, "owner": "ann"}) == (
+        "<ul><li>1. a&lt; (ann)</li><li>2. b (ann)</li></ul>")
+
+
+def test_include_inside_a_block_of_a_child(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {
+        **_SITE, "part.html": "[{{ body }}]",
+        "child.html": '{% extends "base.html" %}{% block content %}{% include "part.html" %}'
+                      "{% endblock %}",
+    })
+    assert loader.render("child.html", {"body": "b"}).endswith("<main>[b]</main>")
+
+
+def test_blocks_in_an_included_template_are_its_own(tmp_path: Path) -> None:
+    loader = _loader(tmp_path, {
+        "base.html": "<{% block content %}base{% endblock %}>",
+        "widget.html": "({% block content %}widget{% endblock %})",
+        "styled.html": "{% extends 'base.html' %}{% block content %}styled{% endblock %}",
+        "page.html": "{% extends 'base.html' %}{% block content %}page"
+                     "{% include 'widget.html' %}{% include 'styled.html' %}{{ block.super }}"
+                     "{% endblock %}",
+    })
+    assert loader.render("page.html") == "<page(widget)<styled>base>"
+
+
+def test_an_included_template_and_a_parent_are_compiled_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loader = _loader(tmp_path, {**_SITE, "part.html": "p", "two.html": (
+        "{% extends 'section.html' %}{% block content %}{% include 'part.html' %}"
+        "{% include 'part.html' %}{% endblock %}")})
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    loader.get_template("page.html")
+    loader.get_template("two.html")
+    assert sorted(opened) == ["base.html", "page.html", "part.html", "section.html", "two.html"]
+    assert loader.render("two.html", {"section": "s"}).endswith("<main>pp</main>")
+    assert len(opened) == 5
+
+
+@pytest.mark.parametrize(("sources", "start", "chain"), [
+    ({"a.html": "{% extends 'a.html' %}"}, "a.html", "'a.html' -> 'a.html'"),
+    ({"a.html": "{% extends 'b.html' %}", "b.html": "\n{% extends 'a.html' %}"}, "a.html",
+     "'a.html' -> 'b.html' -> 'a.html'"),
+    ({"a.html": "x{% include 'a.html' %}"}, "a.html", "'a.html' -> 'a.html'"),
+    ({"a.html": "{% include 'b.html' %}", "b.html": "\n{% include 'c.html' %}",
+      "c.html": "{% if x %}{% include 'a.html' %}{% endif %}"}, "b.html",
+     "'b.html' -> 'c.html' -> 'a.html' -> 'b.html'"),
+    ({"a.html": "{% extends 'b.html' %}{% block x %}{% include 'a.html' %}{% endblock %}",
+      "b.html": "{% block x %}{% endblock %}"}, "a.html", "'a.html' -> 'a.html'"),
+])
+def test_cycles_of_extends_and_include_are_template_errors(
+    tmp_path: Path, sources: dict[str, str], start: str, chain: str,
+) -> None:
+    loader = _loader(tmp_path, {**sources, "ok.html": "ok"})
+    for _ in range(2):  # the same answer again: a failed compile leaves nothing behind
+        with pytest.raises(TemplateError) as caught:
+            loader.get_template(start)
+        assert "cycle" in str(caught.value) and chain in str(caught.value)
+        assert "(template '" in str(caught.value) and "line " in str(caught.value)
+    assert loader.render("ok.html") == "ok"
+
+
+def test_a_very_long_chain_of_parents_is_a_template_error(tmp_path: Path) -> None:
+    sources = {f"t{n}.html": f"{{% extends 't{n + 1}.html' %}}" for n in range(300)}
+    sources["t300.html"] = "end"
+    loader = _loader(tmp_path, sources)
+    with pytest.raises(TemplateError, match="more than"):
+        loader.get_template("t0.html")
+    assert loader.render("t290.html") == "end"  # a short chain of the same files works
+
+
+def test_deep_nesting_is_a_template_error_not_a_recursion_error() -> None:
+    with pytest.raises(TemplateError, match="nested"):
+        Template("{% if x %}" * 500 + "{% endif %}" * 500)
+    with pytest.raises(TemplateError, match="nested"):
+        Template("{% if " + "(" * 500 + "x" + ")" * 500 + " %}{% endif %}")
+    assert Template("{% if " + "not " * 501 + "x %}y{% endif %}").render({"x": 0}) == "y"
+    long_or = " or ".join(["x"] * 2000)
+    assert Template(f"{{% if {long_or} %}}y{{% endif %}}").render({"x": 1}) == "y"
+    many = "|upper" * 2000
+    assert Template(f"{{{{ x{many} }}}}").render({"x": "a"}) == "A"
+
+
+def test_loader_compiles_a_shared_parent_once_across_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loader = _loader(tmp_path, {**_SITE, **{f"c{n}.html": "{% extends 'section.html' %}"
+                                            for n in range(8)}})
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    found: list[Template] = []
+    threads = [threading.Thread(target=lambda n=n: found.append(loader.get_template(f"c{n}.html")))
+               for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(found) == 8
+    assert sorted(opened) == sorted(["base.html", "section.html"] + [f"c{n}.html" for n in range(8)])
+    assert {template.render({"section": "S"}) for template in found} == {
+        loader.render("section.html", {"section": "S"})}
+
+
+def test_app_renders_an_inherited_template_and_reports_errors(tmp_path: Path) -> None:
+    _template_dir(tmp_path, {**_SITE, "broken.html": "{% extends 'base.html' %}\n"
+                                                     "{% block content %}{% endblock nope %}"})
+    app = App(template_dirs=[str(tmp_path)], debug=True)
+    app.add_route("/", lambda request: TemplateResponse(
+        "page.html", {"section": "S", "page": "P", "body": request.path}))
+    app.add_route("/broken", lambda request: TemplateResponse("broken.html"))
+    assert Client(app).get("/").text == (
+        "<title>P - My site</title><nav><a>home</a><a>S</a></nav><main><p>/</p></main>")
+    with pytest.raises(TemplateError, match=r"'broken\.html', line 2"):
+        Client(app).get("/broken")
+
+
+# ---------------------------------------------------------------------------- is defined
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize(("condition", "context", "expected"), [
+    ("x is defined", {}, False),
+    ("x is defined", {"x": 1}, True),
+    ("x is defined", {"x": None}, True),
+    ("x is defined", {"x": ""}, True),
+    ("x is defined", {"x": 0}, True),
+    ("x is not defined", {}, True),
+    ("x is not defined", {"x": 1}, False),
+    ("not x is defined", {}, True),
+    ("u.email is defined", {"u": {"email": "e"}}, True),
+    ("u.email is defined", {"u": {}}, False),
+    ("u.email is defined", {}, False),
+    ("u.name is defined", {"u": User()}, True),
+    ("u.needs_args is defined", {"u": User()}, False),
+    ("u.tags.1 is defined", {"u": User()}, True),
+    ("u.tags.5 is defined", {"u": User()}, False),
+    ("x is defined and x > 1", {}, False),
+    ("x is defined and x > 1", {"x": 2}, True),
+    ("x is not defined or x", {}, True),
+    ("(x is defined)", {"x": 1}, True),
+])
+def test_is_defined(strict: bool, condition: str, context: dict[str, Any],
+                    expected: bool) -> None:
+    source = f"{{% if {condition} %}}yes{{% else %}}no{{% endif %}}"
+    assert render(source, context, strict=strict) == ("yes" if expected else "no")
+
+
+@pytest.mark.parametrize("source", [
+    "{% if 1 is defined %}{% endif %}", "{% if x|upper is defined %}{% endif %}",
+    "{% if 'x' is not defined %}{% endif %}",
+])
+def test_is_defined_tests_a_name(source: str) -> None:
+    with pytest.raises(TemplateError, match="tests a name.*line 1"):
+        Template(source)
+
+
+@given(st.dictionaries(st.sampled_from(["a", "b", "c"]), _plain_values), st.booleans())
+def test_is_defined_and_default_agree_with_the_context(context: dict[str, Any],
+                                                       strict: bool) -> None:
+    for name in ("a", "b", "c"):
+        source = f"{{% if {name} is defined %}}1{{% endif %}}|{{{{ {name}|default:'-' }}}}"
+        value = context.get(name)
+        shown = html.escape(str(value), quote=True) if value else "-"
+        assert render(source, context, strict=strict) == ("1" if name in context else "") + "|" + shown
+
+
+def test_a_name_called_defined_still_compares() -> None:
+    assert render("{% if x is defined_value %}y{% endif %}", {"x": None, "defined_value": None}) == "y"
+
+
+# ---------------------------------------------------------------------------- default
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize(("source", "context", "expected"), [
+    ('{{ x|default:"n/a" }}', {}, "n/a"),
+    ('{{ x|default:"n/a" }}', {"x": ""}, "n/a"),
+    ('{{ x|default:"n/a" }}', {"x": 0}, "n/a"),
+    ('{{ x|default:"n/a" }}', {"x": "set"}, "set"),
+    ('{{ u.email|default:"none" }}', {"u": {}}, "none"),
+    ('{{ u.email|default:"none" }}', {}, "none"),
+    ('{{ x|upper|default:"n/a" }}', {}, "n/a"),
+    ('{{ x|default:"<b>" }}', {}, "<b>"),  # a literal is the author's: trusted
+    ("{{ x|default:y }}", {"y": "<b>"}, "&lt;b&gt;"),
+])
+def test_default_covers_a_missing_name(strict: bool, source: str, context: dict[str, Any],
+                                       expected: str) -> None:
+    assert render(source, context, strict=strict) == expected
+
+
+def test_without_default_a_missing_name_is_still_an_error_when_strict() -> None:
+    with pytest.raises(TemplateError, match="name 'x' is not defined"):
+        render("{{ x|upper }}", strict=True)
+    with pytest.raises(TemplateError, match="name 'y' is not defined"):
+        render('{{ x|default:y }}', strict=True)  # the argument is not covered
+
+
+# ---------------------------------------------------------------------------- date
+
+@pytest.mark.parametrize(("source", "value", "expected"), [
+    ('{{ d|date:"%Y-%m-%d" }}', dt.date(2024, 2, 29), "2024-02-29"),
+    ('{{ d|date:"%d/%m/%Y %H:%M" }}', dt.datetime(2024, 1, 2, 3, 4), "02/01/2024 03:04"),
+    ("{{ d|date }}", dt.datetime(2024, 1, 2, 3, 4), "2024-01-02"),
+    ("{{ d|date:'%H:%M' }}", dt.time(9, 5), "09:05"),
+    ('{{ d|date:"<%Y>" }}', dt.date(2024, 1, 1), "&lt;2024&gt;"),
+    ('{{ d|date:"%Y" }}', None, ""),
+    ('{{ d|date:"%Y" }}', "", ""),
+    ('{{ d|date:"%Y"|default:"never" }}', None, "never"),
+])
+def test_date_filter(source: str, value: Any, expected: str) -> None:
+    assert render(source, {"d": value}) == expected
+    assert render(source, {"d": value}, strict=True) == expected
+
+
+def test_date_filter_format_from_a_variable_and_a_missing_date() -> None:
+    assert render("{{ d|date:fmt }}", {"d": dt.date(2024, 5, 6), "fmt": "%d.%m."}) == "06.05."
+    assert render('{{ d|date:"%Y"|default:"never" }}', strict=True) == "never"
+
+
+def test_date_filter_on_something_else_is_empty_or_an_error_when_strict() -> None:
+    assert render('[{{ d|date:"%Y" }}]', {"d": "2024-01-01"}) == "[]"
+    with pytest.raises(TemplateError, match=r"filter 'date' failed.*str.*line 2"):
+        render('\n{{ d|date:"%Y" }}', {"d": "2024-01-01"}, strict=True)
+
+
+# ---------------------------------------------------------------------------- custom filters
+
+def _shout(value: Any) -> str:
+    return f"{value}!".upper()
+
+
+def _repeat(value: Any, times: Any) -> str:
+    return str(value) * int(times)
+
+
+def test_app_template_filters_in_a_template_response(tmp_path: Path) -> None:
+    _template_dir(tmp_path, {"t.html": "{{ x|shout }} {{ x|repeat:2 }} {{ x|repeat:n }}"})
+    app = App(template_dirs=[str(tmp_path)], template_filters={"shout": _shout,
+                                                               "repeat": _repeat})
+    app.add_route("/", lambda request: TemplateResponse("t.html", {"x": "<a>", "n": 3}))
+    assert Client(app).get("/").text == "&lt;A&gt;! &lt;a&gt;&lt;a&gt; &lt;a&gt;&lt;a&gt;&lt;a&gt;"
+
+
+def test_template_filter_decorator_returns_the_function_and_counts_later(tmp_path: Path) -> None:
+    _template_dir(tmp_path, {"a.html": "{{ x|upper }}", "b.html": "{{ x|wrap:'[]' }}"})
+    app = App(template_dirs=[str(tmp_path)])
+    app.add_route("/a", lambda request: TemplateResponse("a.html", {"x": "a"}))
+    app.add_route("/b", lambda request: TemplateResponse("b.html", {"x": "<b>"}))
+    client = Client(app)
+    assert client.get("/a").text == "A"  # the loader exists now
+
+    @app.template_filter("wrap")
+    def wrap(value: Any, brackets: str = "()") -> SafeString:
+        return mark_safe(brackets[0] + escape(value) + brackets[1])
+
+    assert wrap("x") == "(x)" and app.template_filters["wrap"] is wrap
+    assert client.get("/b").text == "[&lt;b&gt;]"
+
+
+def test_custom_filters_on_template_and_loader_directly(tmp_path: Path) -> None:
+    assert Template("{{ x|shout }}", filters={"shout": _shout}).render({"x": "a"}) == "A!"
+    loader = _loader(tmp_path, {"base.html": "{% block a %}{{ x|shout }}{% endblock %}",
+                                "c.html": "{% extends 'base.html' %}"
+                                          "{% block a %}{{ block.super|repeat:2 }}{% endblock %}"},
+                     filters={"shout": _shout, "repeat": _repeat})
+    assert loader.render("c.html", {"x": "a"}) == "A!A!"
+
+
+def test_a_custom_filter_may_replace_a_built_in_one() -> None:
+    assert Template("{{ x|upper }}", filters={"upper": _shout}).render({"x": "a"}) == "A!"
+
+
+@pytest.mark.parametrize(("source", "words"), [
+    ("{{ x|shout:1 }}", "'shout' takes no argument"),
+    ("{{ x|repeat }}", "'repeat' needs an argument"),
+    ("{{ x|nope }}", "unknown filter 'nope'"),
+])
+def test_custom_filter_arguments_are_checked_when_compiled(source: str, words: str) -> None:
+    with pytest.raises(TemplateError) as caught:
+        Template("a\n" + source, "f.html", filters={"shout": _shout, "repeat": _repeat})
+    assert words in str(caught.value) and "(template 'f.html', line 2)" in str(caught.value)
+
+
+def test_unknown_filter_message_lists_the_custom_ones() -> None:
+    with pytest.raises(TemplateError, match="shout") as caught:
+        Template("{{ x|shuot }}", filters={"shout": _shout})
+    assert "date" in str(caught.value) and "default" in str(caught.value)
+
+
+def test_a_failing_custom_filter_is_empty_or_an_error_when_strict() -> None:
+    def broken(value: Any) -> str:
+        raise ValueError("boom")
+
+    assert Template("[{{ x|broken }}]", filters={"broken": broken}).render({"x": 1}) == "[]"
+    with pytest.raises(TemplateError, match="filter 'broken' failed: ValueError: boom"):
+        Template("{{ x|broken }}", filters={"broken": broken}, strict=True).render({"x": 1})
+
+
+# ---------------------------------------------------------------------------- errors, properties
+
+@pytest.mark.parametrize(("source", "line", "words"), [
+    ("a\nb\n{% frob %}", 3, "unknown tag 'frob'"),
+    ("a\n{{ x|frob }}", 2, "unknown filter 'frob'"),
+    ("{% if x %}\n{% for y in x %}\n{% endif %}", 3, "unexpected 'endif': expected 'else' or 'empty' or 'endfor'"),
+    ("\n{% for y in x %}", 2, "'for' tag is never closed"),
+    ("{% if x %}{% else %}\n{% else %}{% endif %}", 2, "'else' after 'else'"),
+    ("{% for x in y %}{% empty %}\n{% else %}{% endfor %}", 2, "'else' after 'empty'"),
+    ("{{ 1" + "0" * 5000 + " }}", 1, "number too long"),
+])
+def test_compile_errors_name_template_and_line(source: str, line: int, words: str) -> None:
+    with pytest.raises(TemplateError) as caught:
+        Template(source, "e.html")
+    assert words in str(caught.value)
+    assert f"(template 'e.html', line {line})" in str(caught.value)
+
+
+_EXPRESSION_WORDS = st.sampled_from([
+    "x", "y.z", "d.k", "xs.0", "xs", "loop", "_p", "defined", "block.super", "'s'", '"q\\"q"',
+    "1", "-2.5", "0", "True", "None", "==", "!=", "<", ">=", "and", "or", "not", "in", "is",
+    "(", ")", "|", ":", ",", "upper", "default", "date", "length", "int", "join", "first",
+    "last", "safe", "nope", "reversed", "'%Y'", "9" * 30,
+])
+_CONTEXT_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=4),
+                            st.lists(st.integers(), max_size=3),
+                            st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+                            st.just(dt.date(2024, 1, 2)),
+                            st.sampled_from([max, len, dict, User(), mark_safe("<b>")]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_EXPRESSION_WORDS, st.text(max_size=3)), max_size=12),
+       st.booleans(), st.booleans(),
+       st.dictionaries(st.sampled_from(["x", "y", "d", "xs", "z"]), _CONTEXT_VALUES))
+def test_expressions_fail_only_with_template_error(words: list[str], spaced: bool,
+                                                   strict: bool, context: dict[str, Any]) -> None:
+    expression = (" " if spaced else "").join(words)
+    for source in (f"{{{{ {expression} }}}}", f"{{% if {expression} %}}a{{% else %}}b{{% endif %}}",
+                   f"{{% for v in {expression} %}}{{{{ v }}}}{{% endfor %}}"):
+        try:
+            template = Template(source, strict=strict)
+        except TemplateError:
+            continue
+        try:
+            assert isinstance(template.render(context), str)
+        except TemplateError:
+            pass
+
+
+_TAG_WORDS = st.sampled_from([
+    "{% block a %}", "{% block b %}", "{% endblock %}", "{% endblock a %}", "{{ block.super }}",
+    "{% extends 'one.html' %}", "{% extends 'two.html' %}", "{% include 'one.html' %}",
+    "{% include 'two.html' %}", "{% include 'none.html' %}", "{% if x %}", "{% else %}",
+    "{% endif %}", "{% for x in xs %}", "{% endfor %}", "{{ x }}", "{{ x|date }}", "text",
+    "{% if x is defined %}", "{# c #}", "{% comment %}", "{% endcomment %}",
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(_TAG_WORDS, max_size=8), min_size=3, max_size=3), st.booleans())
+def test_templates_that_extend_and_include_fail_only_with_template_error(
+    sources: list[list[str]], strict: bool,
+) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as root:
+        loader = _loader(Path(root), {name: "".join(words) for name, words in
+                                      zip(("one.html", "two.html", "three.html"), sources)},
+                         strict=strict)
+        for name in ("three.html", "two.html", "one.html"):
+            try:
+                loader.render(name, {"x": "v", "xs": [1, 2]})
+            except TemplateError:
+                pass

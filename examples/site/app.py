@@ -2,13 +2,15 @@
 
 Run it with nothing installed but Python:  python examples/site/app.py [port]
 
-- ``/`` renders ``templates/index.html`` (a loop and an if) inside ``templates/base.html``;
+- ``/`` renders ``templates/index.html``, which extends ``templates/base.html`` and
+  includes ``templates/features.html`` (blocks, a loop, an if, the date filter);
 - ``/static/...`` serves ``static/`` with ETag, Last-Modified, 304 and Range;
 - ``/download/<name>`` sends a file of ``files/`` as an attachment;
 - ``POST /hello`` stores your name in a signed cookie and redirects (POST/redirect/GET);
   ``POST /forget`` deletes it.
 """
 
+import datetime
 import os
 import sys
 
@@ -35,17 +37,12 @@ REMEMBER_FOR = 30 * 24 * 3600  # seconds
 
 
 class Site(App):
-    """An App whose pages are drawn inside ``base.html``.
-
-    The built-in template engine has no ``{% extends %}``: each page template is rendered
-    first, then ``base.html`` gets it as ``content`` (and the same context, for the title).
-    """
+    """An App whose every page sees `today`, which the layout (``base.html``) shows: what
+    Django does with a context processor."""
 
     def render_template(self, template_name, context, request=None):
-        page = super().render_template(template_name, context, request)
-        if template_name == "base.html":
-            return page
-        return super().render_template("base.html", {**context, "content": page}, request)
+        context = {"today": datetime.date.today(), **context}
+        return super().render_template(template_name, context, request)
 
 
 app = Site(
@@ -56,7 +53,7 @@ app = Site(
 )
 
 FEATURES = [
-    {"name": "Templates", "text": "{{ }} escapes, {% if %} and {% for %}."},
+    {"name": "Templates", "text": "{% extends %}, {% block %}, {% include %}; {{ }} escapes."},
     {"name": "Static files", "text": "ETag, Last-Modified, 304 and Range requests."},
     {"name": "Downloads", "text": "FileResponse with Content-Disposition: attachment."},
     {"name": "Signed cookies", "text": "HMAC-SHA256 over the cookie's name, value and time."},
