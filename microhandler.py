@@ -842,23 +842,26 @@ def _is_form_charset(name: str) -> bool:
     return bool(text_codec) and info.name not in _REFUSED_CHARSETS
 
 
-class _lazy:  # noqa: N801 (a decorator, named like functools.cached_property)
-    """A cached property for the hot path: computed on first access, then a plain attribute.
+if TYPE_CHECKING:  # checkers see each property's own type (request.GET is a QueryDict)
+    from functools import cached_property as _lazy
+else:
+    class _lazy:  # noqa: N801 (a decorator, named like functools.cached_property)
+        """A cached property for the hot path: computed on first access, then an attribute.
 
-    PERF: a non-data descriptor, so after the first access the instance's __dict__ wins
-    and reading the value costs a dict lookup (functools.cached_property takes a lock on 3.11).
-    """
+        PERF: a non-data descriptor, so after the first access the instance's __dict__ wins
+        and reading the value costs a dict lookup (cached_property takes a lock on 3.11).
+        """
 
-    def __init__(self, func: Callable[[Any], Any]) -> None:
-        self.func = func
-        self.name = func.__name__
-        self.__doc__ = func.__doc__
+        def __init__(self, func: Callable[[Any], Any]) -> None:
+            self.func = func
+            self.name = func.__name__
+            self.__doc__ = func.__doc__
 
-    def __get__(self, obj: Any, cls: Any = None) -> Any:
-        if obj is None:
-            return self
-        value = obj.__dict__[self.name] = self.func(obj)
-        return value
+        def __get__(self, obj: Any, cls: Any = None) -> Any:
+            if obj is None:
+                return self
+            value = obj.__dict__[self.name] = self.func(obj)
+            return value
 
 
 class LimitedStream:
@@ -3419,9 +3422,9 @@ class App:
     # -- configuration
     def route(self, pattern: str, methods: Iterable[str] | None = None,
               name: str | None = None,
-              kwargs: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
+              kwargs: Mapping[str, Any] | None = None) -> Callable[[_F], _F]:
         """Decorator: `@app.route("/items/<int:id>", methods=["GET"], name="item")`."""
-        def register(view: Any) -> Any:
+        def register(view: _F) -> _F:
             self.add_route(pattern, view, methods, name, kwargs)
             return view
         return register
@@ -3443,9 +3446,9 @@ class App:
         self.middleware.append(middleware)
         return middleware
 
-    def error_handler(self, status: int) -> Callable[[Any], Any]:
+    def error_handler(self, status: int | type[BaseException]) -> Callable[[_F], _F]:
         """Decorator for `fn(request, exc) -> response`, the page for that error status."""
-        def register(handler: Any) -> Any:
+        def register(handler: _F) -> _F:
             self.error_handlers[status] = handler
             return handler
         return register
