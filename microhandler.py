@@ -28,6 +28,14 @@ if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers
     _StrMapping = Mapping[str, Any]
     _HeaderMapping = Mapping[str, str]
     _F = TypeVar("_F", bound=Callable[..., Any])
+    # For the public signatures (issue 14): what each takes and gives, for users' checkers.
+    import json
+    from datetime import datetime, timedelta
+    from http.cookies import SimpleCookie
+    from typing import overload
+
+    _T = TypeVar("_T")
+    _Middleware = TypeVar("_Middleware", bound=Callable[..., Any] | str)
 else:
     _StrMapping = _HeaderMapping = Mapping
 from urllib.parse import quote, unquote_to_bytes, urlsplit
@@ -229,7 +237,21 @@ class MultiDict(_StrMapping):
 class QueryDict(MultiDict):
     """The MultiDict of query strings and forms; `QueryDict("a=1&b=2")` parses one."""
 
-    def __init__(self, query: str | bytes | Iterable[tuple[str, Any]] | None = None,
+    if TYPE_CHECKING:  # its values are text: checkers see str where a MultiDict has Any
+        def __getitem__(self, key: str) -> str: ...
+        @overload  # type: ignore[override]
+        def get(self, key: str) -> str | None: ...
+        @overload
+        def get(self, key: str, default: str | _T) -> str | _T: ...
+        def get(self, key: str, default: Any = None) -> Any: ...
+        def getlist(self, key: str, default: list[str] | None = None) -> list[str]: ...
+        def items(self) -> Iterator[tuple[str, str]]: ...  # type: ignore[override]
+        def lists(self) -> Iterator[tuple[str, list[str]]]: ...
+        def multi_items(self) -> Iterator[tuple[str, str]]: ...
+        def dict(self) -> dict[str, str]: ...
+        def copy(self) -> QueryDict: ...
+
+    def __init__(self, query: str | bytes | Iterable[tuple[str, str]] | None = None,
                  *, mutable: bool = False, encoding: str = "utf-8") -> None:
         if query is None:
             query = ()
@@ -280,7 +302,14 @@ class Headers(_HeaderMapping):
         return "HTTP_" + key
 
     def __getitem__(self, name: str) -> str:
-        return self._environ[self._environ_key(name)]
+        value: str = self._environ[self._environ_key(name)]
+        return value
+
+    if TYPE_CHECKING:  # a header's value is text; get() without a default may give None
+        @overload
+        def get(self, name: str) -> str | None: ...
+        @overload
+        def get(self, name: str, default: str | _T) -> str | _T: ...
 
     def get(self, name: str, default: Any = None) -> Any:
         return self._environ.get(self._environ_key(name), default)
@@ -336,7 +365,7 @@ class Signal:
         self.receivers: list[Callable[..., Any]] = []
         self._lock = _thread.allocate_lock()
 
-    def connect(self, receiver: Callable[..., Any]) -> Callable[..., Any]:
+    def connect(self, receiver: _F) -> _F:
         """Add a receiver (once); returns it, so `connect` also works as a decorator."""
         with self._lock:
             if receiver not in self.receivers:
@@ -1034,7 +1063,7 @@ class Request:
 
     @_lazy
     def script_name(self) -> str:
-        raw = self.environ.get("SCRIPT_NAME", "")
+        raw: str = self.environ.get("SCRIPT_NAME", "")
         try:
             return raw.encode("latin-1").decode("utf-8").rstrip("/")
         except UnicodeError:
@@ -1046,11 +1075,13 @@ class Request:
 
     @property
     def query_string(self) -> str:
-        return self.environ.get("QUERY_STRING", "")
+        query: str = self.environ.get("QUERY_STRING", "")
+        return query
 
     @property
     def scheme(self) -> str:
-        return self.environ.get("wsgi.url_scheme", "http")
+        scheme: str = self.environ.get("wsgi.url_scheme", "http")
+        return scheme
 
     @property
     def is_secure(self) -> bool:
@@ -1199,12 +1230,14 @@ class Request:
     @_lazy
     def POST(self) -> QueryDict:
         self._load_post_and_files()
-        return self.__dict__["POST"]
+        post: QueryDict = self.__dict__["POST"]
+        return post
 
     @_lazy
     def FILES(self) -> MultiDict:
         self._load_post_and_files()
-        return self.__dict__["FILES"]
+        files: MultiDict = self.__dict__["FILES"]
+        return files
 
     def _load_post_and_files(self) -> None:
         fields: list[tuple[str, Any]] = []
@@ -1240,6 +1273,13 @@ class Request:
                                          encoding=self.encoding)
         self._files_to_close = [*self._files_to_close, *(upload for _, upload in files)]
         return fields, files
+
+    if TYPE_CHECKING:  # the value is text; with a default, that default's type too
+        @overload
+        def get_signed_cookie(self, key: str, *, max_age: float | None = None) -> str: ...
+        @overload
+        def get_signed_cookie(self, key: str, default: _T,
+                              max_age: float | None = None) -> str | _T: ...
 
     def get_signed_cookie(self, key: str, default: Any = _MISSING,
                           max_age: float | None = None) -> Any:
@@ -1464,11 +1504,12 @@ class HttpResponse:
 
     # -- cookies
     @_lazy
-    def cookies(self) -> Any:
+    def cookies(self) -> SimpleCookie:
         from http.cookies import SimpleCookie
         return SimpleCookie()
 
-    def set_cookie(self, key: str, value: str = "", max_age: Any = None, expires: Any = None,
+    def set_cookie(self, key: str, value: str = "", max_age: float | timedelta | None = None,
+                   expires: str | datetime | float | None = None,
                    path: str | None = "/", domain: str | None = None, secure: bool = False,
                    httponly: bool = False, samesite: str | None = None) -> None:
         """Set a cookie; `max_age` in seconds (or a timedelta) also sets `expires`."""
@@ -1544,7 +1585,7 @@ class HttpResponse:
                 request_finished.send(sender=type(self))
 
 
-class _ResponseHeaders(Mapping):
+class _ResponseHeaders(_HeaderMapping):
     """`response.headers`: the same case-insensitive headers, as a mutable mapping."""
 
     def __init__(self, response: HttpResponse) -> None:
@@ -1619,7 +1660,8 @@ def _compact_json_encoder() -> Any:
 class JsonResponse(HttpResponse):
     """`data` serialised as JSON; lists are allowed (no JSON-hijacking concern today)."""
 
-    def __init__(self, data: Any, status: int = 200, *, encoder: Any = None,
+    def __init__(self, data: Any, status: int = 200, *,
+                 encoder: type[json.JSONEncoder] | None = None,
                  json_dumps_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
         import json
         kwargs.setdefault("content_type", "application/json")
@@ -1687,7 +1729,8 @@ class FileResponse(StreamingHttpResponse):
 
     block_size = 64 * 1024
 
-    def __init__(self, file_or_path: Any, as_attachment: bool = False,
+    def __init__(self, file_or_path: str | os.PathLike[str] | IO[bytes],
+                 as_attachment: bool = False,
                  filename: str | None = None, status: int = 200,
                  content_type: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
@@ -3379,7 +3422,7 @@ class App:
     request_class: type[Request] = Request
 
     def __init__(self, routes: Iterable[Route | Iterable[Route]] = (),
-                 middleware: Iterable[Any] = (), *, debug: bool = False,
+                 middleware: Iterable[Callable[..., Any] | str] = (), *, debug: bool = False,
                  request_class: type[Request] | None = None,
                  allowed_hosts: Iterable[str] | None = None,
                  secret_key: str | bytes | None = None, max_body_size: int = 10 * 2**20,
@@ -3438,7 +3481,7 @@ class App:
             self._resolver = None  # recompiled on the next request
         return item
 
-    def use(self, middleware: Any) -> Any:
+    def use(self, middleware: _Middleware) -> _Middleware:
         """Append a middleware (the innermost so far); only before the first request."""
         if self._middleware_chain is not None:
             raise ImproperlyConfigured(f"app.use({_name_of(middleware)}) came after the "
@@ -3720,7 +3763,8 @@ class App:
         if response.streaming:
             wrapper = request.environ.get("wsgi.file_wrapper")
             if wrapper is not None and isinstance(response, FileResponse) and status == 200:
-                return wrapper(_FileForWrapper(response), response.block_size)
+                wrapped: Iterable[bytes] = wrapper(_FileForWrapper(response), response.block_size)
+                return wrapped
             return response
         if (not response._resource_closers and not request_finished.receivers
                 and type(response).close is HttpResponse.close):
@@ -3765,7 +3809,8 @@ class _FileForWrapper:
         self.close = response.close
 
     def read(self, size: int = -1) -> bytes:
-        return self._file.read(size)
+        data: bytes = self._file.read(size)
+        return data
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
@@ -3837,7 +3882,7 @@ class ClientResponse:
         return f"<ClientResponse {self.status_code} {self.headers.get('Content-Type', '')!r}>"
 
 
-class _CaseInsensitiveDict(dict):
+class _CaseInsensitiveDict(dict[str, str]):
     """Response headers for tests: case-insensitive; a repeated header joins with ", "."""
 
     def __init__(self, items: Iterable[tuple[str, str]]) -> None:
@@ -4210,7 +4255,7 @@ class _LengthBody(_RequestBody):
         size = min(size, self._left)
         if size <= 0:
             return b""
-        block = self._rfile.read1(size)
+        block: bytes = self._rfile.read1(size)
         if not block:
             raise _client_gone()
         self._left -= len(block)
@@ -4241,7 +4286,7 @@ class _ChunkedBody(_RequestBody):
                 self._skip_trailers()
                 self.done = True
                 return b""
-        block = self._rfile.read1(min(size, self._chunk_left))
+        block: bytes = self._rfile.read1(min(size, self._chunk_left))
         if not block:
             raise _client_gone()
         self._chunk_left -= len(block)
@@ -5049,7 +5094,8 @@ def _load_app(target: str) -> Callable[..., Any]:
             raise _AppLoadError(f"{target} raised an error (traceback above)") from None
     if not callable(app):
         raise _AppLoadError(f"{target} is a {type(app).__name__}, not a WSGI application")
-    return app
+    wsgi_app: Callable[..., Any] = app
+    return wsgi_app
 
 
 def _module_invocation() -> list[str]:
