@@ -9096,9 +9096,6 @@ def test_is_safe_url_accepts_the_requests_own_host() -> None:
 # The wheel is built from the checkout as a user's pip builds it (sdist, then a wheel from
 # the sdist), installed into a fresh venv, and checked there with `mypy --strict`.
 
-import tarfile
-import zipfile
-
 WHEEL_SOURCES = ("pyproject.toml", "setup.py", "microhandler.py", "README.md", "LICENSE")
 
 TYPED_APP = '''
@@ -9244,6 +9241,8 @@ def _mypy_strict(installed: InstalledWheel, filename: str, source: str,
 
 def test_wheel_installs_a_typed_package_built_from_the_one_file(
         installed_wheel: InstalledWheel) -> None:
+    import tarfile
+    import zipfile
     with zipfile.ZipFile(installed_wheel.wheel) as wheel:
         names = set(wheel.namelist())
         module = wheel.read("microhandler/__init__.py")
@@ -9314,3 +9313,40 @@ def test_mypy_strict_reports_each_mistake_against_the_wheel(installed_wheel: Ins
     # Nothing else: the preamble (a decorated view) is clean, and no error is in microhandler.
     assert {int(error.split(":")[1]) for error in errors} == set(
         range(first, first + len(APP_MISTAKES))), checked.stdout
+
+
+def _example_paths() -> list[Path]:
+    return sorted(path for path in EXAMPLES.rglob("*.py") if "__pycache__" not in path.parts)
+
+
+def test_examples_pass_mypy_strict_against_the_wheel(installed_wheel: InstalledWheel,
+                                                     tmp_path: Path) -> None:
+    # As a user checks them: microhandler from the installed wheel, Jinja2 from the
+    # environment the tests run in (a venv that also sees the outer site-packages).
+    venv = tmp_path / "venv"
+    made = _run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", venv],
+                cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    python = venv / "bin" / "python"
+    installed = _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
+                      "--no-index", "--disable-pip-version-check", "--quiet",
+                      installed_wheel.wheel], cwd=tmp_path)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    for example in _example_paths():
+        checked = _run([sys.executable, "-m", "mypy", "--strict", "--python-executable", python,
+                        "--config-file", installed_wheel.user_dir / "mypy.ini",
+                        "--cache-dir", tmp_path / "cache", "--no-error-summary", example],
+                       cwd=installed_wheel.user_dir, env=_env_without_checkout())
+        assert checked.returncode == 0, (example, checked.stdout + checked.stderr)
+
+
+def test_examples_pass_mypy_strict_with_the_file_on_the_path(installed_wheel: InstalledWheel,
+                                                             tmp_path: Path) -> None:
+    # A user who copied microhandler.py: it is their own code to mypy, checked as strictly.
+    env = {**_env_without_checkout(), "MYPYPATH": str(ROOT)}
+    for example in _example_paths():
+        checked = _run([sys.executable, "-m", "mypy", "--strict",
+                        "--config-file", installed_wheel.user_dir / "mypy.ini",
+                        "--cache-dir", tmp_path / "cache", "--no-error-summary", example],
+                       cwd=installed_wheel.user_dir, env=env)
+        assert checked.returncode == 0, (example, checked.stdout + checked.stderr)
