@@ -19,9 +19,12 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers only
+# Checkers (mypy, pyright) read this name as True. Not `from typing import TYPE_CHECKING`:
+# that would import typing, milliseconds of import time, for type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
     import argparse
     import socket
     import subprocess
@@ -40,7 +43,6 @@ if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers
     _Middleware = TypeVar("_Middleware", bound=Callable[..., Any] | str)
 else:
     _StrMapping = _HeaderMapping = Mapping
-from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 __version__ = "0.1.0"
 

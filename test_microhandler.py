@@ -9263,7 +9263,8 @@ def test_installed_wheel_imports_and_runs_like_the_file(installed_wheel: Install
     imported = _run([installed_wheel.venv_python, "-c",
                      "import sys, microhandler\n"
                      "print(microhandler.__file__)\n"
-                     "print(sorted({'asyncio', 'logging', 'wsgiref', 'email', 'http.server'}"
+                     "print(sorted({'asyncio', 'logging', 'wsgiref', 'email', 'http.server',"
+                     " 'typing'}"
                      " & set(sys.modules)))\n"], cwd=installed_wheel.user_dir, env=env)
     assert imported.returncode == 0, imported.stderr
     where, heavy = imported.stdout.splitlines()
