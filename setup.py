@@ -36,14 +36,14 @@ class build_py_typed(build_py):  # noqa: N801 (setuptools command names are lowe
         if os.path.exists(stale):
             os.remove(stale)
         self.mkpath(package)
-        self.copy_file(f"{MODULE}.py", os.path.join(package, "__init__.py"),
-                       preserve_mode=False)
-        self._write(os.path.join(package, "__main__.py"), MAIN)
-        self._write(os.path.join(package, "py.typed"), "")
+        with open(f"{MODULE}.py", "rb") as source:   # always copied: no stale build
+            self._write(os.path.join(package, "__init__.py"), source.read())
+        self._write(os.path.join(package, "__main__.py"), MAIN.encode())
+        self._write(os.path.join(package, "py.typed"), b"")
 
-    def _write(self, path: str, text: str) -> None:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(text)
+    def _write(self, path: str, data: bytes) -> None:
+        with open(path, "wb") as file:
+            file.write(data)
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         if getattr(self, "editable_mode", False):
