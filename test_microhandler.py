@@ -9099,6 +9099,8 @@ def test_is_safe_url_accepts_the_requests_own_host() -> None:
 WHEEL_SOURCES = ("pyproject.toml", "setup.py", "microhandler.py", "README.md", "LICENSE")
 
 TYPED_APP = '''
+from collections.abc import Callable
+
 from typing_extensions import assert_type
 
 from microhandler import (App, Client, HttpResponse, JsonResponse, Request, Signal,
@@ -9143,7 +9145,7 @@ def on_finished(sender: object, **kwargs: object) -> None:
 
 
 class Timing:
-    def __init__(self, get_response: "Callable[[Request], HttpResponse]") -> None:
+    def __init__(self, get_response: Callable[[Request], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: Request) -> HttpResponse:
@@ -9151,11 +9153,11 @@ class Timing:
 
 
 assert_type(app.use(Timing), "type[Timing]")
-view: "Callable[[Request, int], JsonResponse]" = item
+view: Callable[[Request, int], JsonResponse] = item
 assert_type(app.reverse("item", id=1), str)
 status: int = Client(app).get("/items/1").status_code
 code: int = item(Request({}), 2).status_code
-'''.replace('from typing_extensions', 'from collections.abc import Callable\nfrom typing_extensions')
+'''
 
 # Each mistake, by line: (line, the start of mypy's message there).
 APP_MISTAKES = [
