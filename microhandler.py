@@ -5,6 +5,8 @@ parsers; responses; templates; routing; middleware and the App handler; the test
 servers and the command line. The core imports only the standard library; waitress and
 jinja2 are optional and imported inside the functions that use them.
 """
+# Optional servers may be missing or untyped; a user's `mypy --strict` must not fail on them.
+# mypy: disable-error-code="import-untyped,import-not-found"
 
 from __future__ import annotations
 
@@ -26,9 +28,12 @@ from collections.abc import (
     Sequence,
 )
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers only
+# Checkers (mypy, pyright) read this name as True. Not `from typing import TYPE_CHECKING`:
+# that would import typing, milliseconds of import time, for type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
     import argparse
     import socket
     import subprocess
@@ -42,9 +47,16 @@ if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers
     _Send = Callable[[dict[str, Any]], Awaitable[None]]
     _Journey = Generator[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], bool],
                          Any, Any]
+    # For the public signatures (issue 14): what each takes and gives, for users' checkers.
+    import json
+    from datetime import datetime, timedelta
+    from http.cookies import SimpleCookie
+    from typing import overload
+
+    _T = TypeVar("_T")
+    _Middleware = TypeVar("_Middleware", bound=Callable[..., Any] | str)
 else:
     _StrMapping = _HeaderMapping = Mapping
-from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 __version__ = "0.1.0"
 
@@ -248,7 +260,23 @@ class MultiDict(_StrMapping):
 class QueryDict(MultiDict):
     """The MultiDict of query strings and forms; `QueryDict("a=1&b=2")` parses one."""
 
-    def __init__(self, query: str | bytes | Iterable[tuple[str, Any]] | None = None,
+    if TYPE_CHECKING:  # its values are text: checkers see str where a MultiDict has Any
+        def __getitem__(self, key: str) -> str: ...
+        @overload  # type: ignore[override]
+        def get(self, key: str) -> str | None: ...
+        @overload
+        def get(self, key: str, default: str) -> str: ...
+        @overload
+        def get(self, key: str, default: _T) -> str | _T: ...
+        def get(self, key: str, default: Any = None) -> Any: ...
+        def getlist(self, key: str, default: list[str] | None = None) -> list[str]: ...
+        def items(self) -> Iterator[tuple[str, str]]: ...  # type: ignore[override]
+        def lists(self) -> Iterator[tuple[str, list[str]]]: ...
+        def multi_items(self) -> Iterator[tuple[str, str]]: ...
+        def dict(self) -> dict[str, str]: ...
+        def copy(self) -> QueryDict: ...
+
+    def __init__(self, query: str | bytes | Iterable[tuple[str, str]] | None = None,
                  *, mutable: bool = False, encoding: str = "utf-8") -> None:
         if query is None:
             query = ()
@@ -299,7 +327,16 @@ class Headers(_HeaderMapping):
         return "HTTP_" + key
 
     def __getitem__(self, name: str) -> str:
-        return self._environ[self._environ_key(name)]
+        value: str = self._environ[self._environ_key(name)]
+        return value
+
+    if TYPE_CHECKING:  # a header's value is text; get() without a default may give None
+        @overload
+        def get(self, name: str) -> str | None: ...
+        @overload
+        def get(self, name: str, default: str) -> str: ...
+        @overload
+        def get(self, name: str, default: _T) -> str | _T: ...
 
     def get(self, name: str, default: Any = None) -> Any:
         return self._environ.get(self._environ_key(name), default)
@@ -355,7 +392,7 @@ class Signal:
         self.receivers: list[Callable[..., Any]] = []
         self._lock = _thread.allocate_lock()
 
-    def connect(self, receiver: Callable[..., Any]) -> Callable[..., Any]:
+    def connect(self, receiver: _F) -> _F:
         """Add a receiver (once); returns it, so `connect` also works as a decorator."""
         with self._lock:
             if receiver not in self.receivers:
@@ -873,23 +910,26 @@ def _is_form_charset(name: str) -> bool:
     return bool(text_codec) and info.name not in _REFUSED_CHARSETS
 
 
-class _lazy:  # noqa: N801 (a decorator, named like functools.cached_property)
-    """A cached property for the hot path: computed on first access, then a plain attribute.
+if TYPE_CHECKING:  # checkers see each property's own type (request.GET is a QueryDict)
+    from functools import cached_property as _lazy
+else:
+    class _lazy:  # noqa: N801 (a decorator, named like functools.cached_property)
+        """A cached property for the hot path: computed on first access, then an attribute.
 
-    PERF: a non-data descriptor, so after the first access the instance's __dict__ wins
-    and reading the value costs a dict lookup (functools.cached_property takes a lock on 3.11).
-    """
+        PERF: a non-data descriptor, so after the first access the instance's __dict__ wins
+        and reading the value costs a dict lookup (cached_property takes a lock on 3.11).
+        """
 
-    def __init__(self, func: Callable[[Any], Any]) -> None:
-        self.func = func
-        self.name = func.__name__
-        self.__doc__ = func.__doc__
+        def __init__(self, func: Callable[[Any], Any]) -> None:
+            self.func = func
+            self.name = func.__name__
+            self.__doc__ = func.__doc__
 
-    def __get__(self, obj: Any, cls: Any = None) -> Any:
-        if obj is None:
-            return self
-        value = obj.__dict__[self.name] = self.func(obj)
-        return value
+        def __get__(self, obj: Any, cls: Any = None) -> Any:
+            if obj is None:
+                return self
+            value = obj.__dict__[self.name] = self.func(obj)
+            return value
 
 
 class LimitedStream:
@@ -1074,7 +1114,7 @@ class Request:
 
     @_lazy
     def script_name(self) -> str:
-        raw = self.environ.get("SCRIPT_NAME", "")
+        raw: str = self.environ.get("SCRIPT_NAME", "")
         try:
             return raw.encode("latin-1").decode("utf-8").rstrip("/")
         except UnicodeError:
@@ -1086,11 +1126,13 @@ class Request:
 
     @property
     def query_string(self) -> str:
-        return self.environ.get("QUERY_STRING", "")
+        query: str = self.environ.get("QUERY_STRING", "")
+        return query
 
     @property
     def scheme(self) -> str:
-        return self.environ.get("wsgi.url_scheme", "http")
+        scheme: str = self.environ.get("wsgi.url_scheme", "http")
+        return scheme
 
     @property
     def is_secure(self) -> bool:
@@ -1161,7 +1203,7 @@ class Request:
     def encoding(self) -> str:
         """The charset forms are decoded with: the one set on the request, else the body's
         charset when it is a text encoding, else UTF-8."""
-        chosen = self.__dict__.get("_encoding")
+        chosen: str | None = self.__dict__.get("_encoding")
         if chosen is not None:
             return chosen
         charset = self.content_params.get("charset", "utf-8")
@@ -1288,12 +1330,14 @@ class Request:
     @_lazy
     def POST(self) -> QueryDict:
         self._load_post_and_files()
-        return self.__dict__["POST"]
+        post: QueryDict = self.__dict__["POST"]
+        return post
 
     @_lazy
     def FILES(self) -> MultiDict:
         self._load_post_and_files()
-        return self.__dict__["FILES"]
+        files: MultiDict = self.__dict__["FILES"]
+        return files
 
     def _load_post_and_files(self) -> None:
         """Parse a form for POST requests only, as Django: other methods read request.body
@@ -1332,6 +1376,13 @@ class Request:
                                          encoding=self.encoding)
         self._files_to_close = [*self._files_to_close, *(upload for _, upload in files)]
         return fields, files
+
+    if TYPE_CHECKING:  # the value is text; with a default, that default's type too
+        @overload
+        def get_signed_cookie(self, key: str, *, max_age: float | None = None) -> str: ...
+        @overload
+        def get_signed_cookie(self, key: str, default: _T,
+                              max_age: float | None = None) -> str | _T: ...
 
     def get_signed_cookie(self, key: str, default: Any = _MISSING,
                           max_age: float | None = None) -> Any:
@@ -1567,11 +1618,12 @@ class HttpResponse:
 
     # -- cookies
     @_lazy
-    def cookies(self) -> Any:
+    def cookies(self) -> SimpleCookie:
         from http.cookies import SimpleCookie
         return SimpleCookie()
 
-    def set_cookie(self, key: str, value: str = "", max_age: Any = None, expires: Any = None,
+    def set_cookie(self, key: str, value: str = "", max_age: float | timedelta | None = None,
+                   expires: str | datetime | float | None = None,
                    path: str | None = "/", domain: str | None = None, secure: bool = False,
                    httponly: bool = False, samesite: str | None = None) -> None:
         """Set a cookie; `max_age` in seconds (or a timedelta) also sets `expires`."""
@@ -1647,7 +1699,7 @@ class HttpResponse:
                 request_finished.send_robust(sender=type(self))
 
 
-class _ResponseHeaders(Mapping):
+class _ResponseHeaders(_HeaderMapping):
     """`response.headers`: the same case-insensitive headers, as a mutable mapping."""
 
     def __init__(self, response: HttpResponse) -> None:
@@ -1722,7 +1774,8 @@ def _compact_json_encoder() -> Any:
 class JsonResponse(HttpResponse):
     """`data` serialised as JSON; lists are allowed (no JSON-hijacking concern today)."""
 
-    def __init__(self, data: Any, status: int = 200, *, encoder: Any = None,
+    def __init__(self, data: Any, status: int = 200, *,
+                 encoder: type[json.JSONEncoder] | None = None,
                  json_dumps_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
         import json
         kwargs.setdefault("content_type", "application/json")
@@ -1808,7 +1861,8 @@ class FileResponse(StreamingHttpResponse):
 
     block_size = 64 * 1024
 
-    def __init__(self, file_or_path: Any, as_attachment: bool = False,
+    def __init__(self, file_or_path: str | os.PathLike[str] | IO[bytes],
+                 as_attachment: bool = False,
                  filename: str | None = None, status: int = 200,
                  content_type: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
@@ -3896,11 +3950,11 @@ def convert_exception_to_response(get_response: Callable[[Request], Any],
     if _is_async(get_response):
         async def inner_async(request: Request) -> HttpResponse:
             try:
-                response = await get_response(request)
+                response: HttpResponse = await get_response(request)
                 if not isinstance(response, HttpResponse):
                     response = app.make_response(response, get_response, _layer_name)
             except Exception as exc:
-                return await app._drive_async(app._exception_journey(request, exc))
+                response = await app._drive_async(app._exception_journey(request, exc))
             return response
         inner_async.__wrapped__ = get_response  # type: ignore[attr-defined]
         return inner_async
@@ -3966,7 +4020,7 @@ _PATH_LOG_ESCAPES = {**_LOG_ESCAPES, **{code: f"\\u{code:04x}" for code in (
 def _logged_path(request: Request) -> str:
     """The request's path for a log line, decoded as UTF-8 (`/café`, not `/cafÃ©`): bytes
     that are not UTF-8 show as `\\xff`, control characters escaped."""
-    raw = request.environ.get("SCRIPT_NAME", "").rstrip("/") + request.environ.get(
+    raw: str = request.environ.get("SCRIPT_NAME", "").rstrip("/") + request.environ.get(
         "PATH_INFO", "")
     try:
         text = raw.encode("latin-1").decode("utf-8", "backslashreplace")
@@ -4052,7 +4106,7 @@ class App:
     _connection_pool: _ConnectionPool | None = None  # made by request.db's first use
 
     def __init__(self, routes: Iterable[Route | Iterable[Route]] = (),
-                 middleware: Iterable[Any] = (), *, debug: bool = False,
+                 middleware: Iterable[Callable[..., Any] | str] = (), *, debug: bool = False,
                  request_class: type[Request] | None = None,
                  allowed_hosts: Iterable[str] | None = None,
                  secret_key: str | bytes | None = None, max_body_size: int = 10 * 2**20,
@@ -4099,9 +4153,9 @@ class App:
     # -- configuration
     def route(self, pattern: str, methods: Iterable[str] | None = None,
               name: str | None = None,
-              kwargs: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
+              kwargs: Mapping[str, Any] | None = None) -> Callable[[_F], _F]:
         """Decorator: `@app.route("/items/<int:id>", methods=["GET"], name="item")`."""
-        def register(view: Any) -> Any:
+        def register(view: _F) -> _F:
             self.add_route(pattern, view, methods, name, kwargs)
             return view
         return register
@@ -4115,7 +4169,7 @@ class App:
             self._resolver = None  # recompiled on the next request
         return item
 
-    def use(self, middleware: Any) -> Any:
+    def use(self, middleware: _Middleware) -> _Middleware:
         """Append a middleware (the innermost so far); only before the first request."""
         if self._chains[False] or self._chains[True]:
             raise ImproperlyConfigured(f"app.use({_name_of(middleware)}) came after the "
@@ -4244,9 +4298,10 @@ class App:
     async def get_response_async(self, request: Request) -> HttpResponse:
         """The same journey under ASGI: the async chain, awaited."""
         chain = self._chains[True] or self.load_middleware(is_async=True)
-        response = self._check_host(request) or await chain(request)
+        response: HttpResponse = self._check_host(request) or await chain(request)
         if response.render is not None and not response.is_rendered:
-            return await _to_thread(self._finish_response, request, response)
+            response = await _to_thread(self._finish_response, request, response)
+            return response
         return self._finish_response(request, response)
 
     def _check_host(self, request: Request) -> HttpResponse | None:
@@ -4272,11 +4327,14 @@ class App:
 
     def _get_response(self, request: Request) -> HttpResponse:
         """The centre of the onion under WSGI: the journey, run in this thread."""
-        return self._drive(self._journey(request, self._hooks[False]))
+        response: HttpResponse = self._drive(self._journey(request, self._hooks[False]))
+        return response
 
     async def _get_response_async(self, request: Request) -> HttpResponse:
         """The centre of the onion under ASGI: the same journey, awaited."""
-        return await self._drive_async(self._journey(request, self._hooks[True]))
+        response: HttpResponse = await self._drive_async(
+            self._journey(request, self._hooks[True]))
+        return response
 
     def _journey(self, request: Request, hooks: _Hooks) -> _Journey:
         """Resolve, view middleware, the view, template hooks, render: the decisions, written
@@ -4389,7 +4447,9 @@ class App:
     def process_exception_by_middleware(self, exc: Exception,
                                         request: Request) -> HttpResponse | None:
         """Django's name for offering an exception to the process_exception hooks."""
-        return self._drive(self._offer_exception(exc, request, self._hooks[False]))
+        response: HttpResponse | None = self._drive(
+            self._offer_exception(exc, request, self._hooks[False]))
+        return response
 
     # -- running a journey: the only place the two interfaces differ
     def _drive(self, journey: _Journey) -> Any:
@@ -4458,7 +4518,8 @@ class App:
     # -- errors
     def response_for_exception(self, request: Request, exc: Exception) -> HttpResponse:
         """The error response for an exception that left a layer of the onion."""
-        return self._drive(self._exception_journey(request, exc))
+        response: HttpResponse = self._drive(self._exception_journey(request, exc))
+        return response
 
     def _exception_journey(self, request: Request, exc: Exception) -> _Journey:
         if isinstance(exc, HttpError):
@@ -4568,7 +4629,8 @@ class App:
         if response.streaming:
             wrapper = request.environ.get("wsgi.file_wrapper")
             if wrapper is not None and isinstance(response, FileResponse) and status == 200:
-                return wrapper(_FileForWrapper(response), response.block_size)
+                wrapped: Iterable[bytes] = wrapper(_FileForWrapper(response), response.block_size)
+                return wrapped
             return response
         if (not response._resource_closers and not request_finished.receivers
                 and type(response).close is HttpResponse.close):
@@ -4623,7 +4685,8 @@ class _FileForWrapper:
         self.close = response.close
 
     def read(self, size: int = -1) -> bytes:
-        return self._file.read(size)
+        data: bytes = self._file.read(size)
+        return data
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
@@ -5071,6 +5134,29 @@ class ClientResponse:
         return f"<ClientResponse {self.status_code} {self.headers.get('Content-Type', '')!r}>"
 
 
+class _CaseInsensitiveDict(dict[str, str]):
+    """Response headers for tests: case-insensitive; a repeated header joins with ", "."""
+
+    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
+        super().__init__()
+        self._names: dict[str, str] = {}
+        for name, value in items:
+            key = name.lower()
+            if key in self._names:
+                value = f"{super().__getitem__(self._names[key])}, {value}"
+            self._names[key] = self._names.get(key, name)
+            super().__setitem__(self._names[key], value)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(self._names[name.lower()])
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._names
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default  # noqa: SIM401 (case-insensitive)
+
+
 def _encode_multipart(data: Mapping[str, Any], files: Mapping[str, Any]) -> tuple[bytes, str]:
     import uuid
     boundary = f"----microhandler{uuid.uuid4().hex}"
@@ -5339,7 +5425,8 @@ class Client:
 
 
 def _asgi_of(app: Any) -> Callable[..., Any]:
-    return getattr(app, "asgi", app)
+    asgi: Callable[..., Any] = getattr(app, "asgi", app)
+    return asgi
 
 
 def _scope_from_environ(environ: dict[str, Any], kind: str = "http") -> dict[str, Any]:
@@ -5605,7 +5692,7 @@ class _LengthBody(_RequestBody):
         size = min(size, self._left)
         if size <= 0:
             return b""
-        block = self._rfile.read1(size)
+        block: bytes = self._rfile.read1(size)
         if not block:
             raise _client_gone()
         self._left -= len(block)
@@ -5636,7 +5723,7 @@ class _ChunkedBody(_RequestBody):
                 self._skip_trailers()
                 self.done = True
                 return b""
-        block = self._rfile.read1(min(size, self._chunk_left))
+        block: bytes = self._rfile.read1(min(size, self._chunk_left))
         if not block:
             raise _client_gone()
         self._chunk_left -= len(block)
@@ -6444,7 +6531,8 @@ def _load_app(target: str) -> Callable[..., Any]:
             raise _AppLoadError(f"{target} raised an error (traceback above)") from None
     if not callable(app):
         raise _AppLoadError(f"{target} is a {type(app).__name__}, not a WSGI application")
-    return app
+    wsgi_app: Callable[..., Any] = app
+    return wsgi_app
 
 
 def _module_invocation() -> list[str]:

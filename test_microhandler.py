@@ -11208,3 +11208,267 @@ def test_templates_that_extend_and_include_fail_only_with_template_error(
                 loader.render(name, {"x": "v", "xs": [1, 2]})
             except TemplateError:
                 pass
+
+
+
+# ============================================================================ typed wheel (issue 14)
+# The wheel is built from the checkout as a user's pip builds it (sdist, then a wheel from
+# the sdist), installed into a fresh venv, and checked there with `mypy --strict`.
+
+WHEEL_SOURCES = ("pyproject.toml", "setup.py", "microhandler.py", "README.md", "LICENSE")
+
+TYPED_APP = '''
+from collections.abc import Callable
+
+from typing_extensions import assert_type
+
+from microhandler import (App, Client, HttpResponse, JsonResponse, Request, Signal,
+                          redirect, request_finished)
+
+app = App(debug=True, max_body_size=2**20, allowed_hosts=["testserver"])
+seen = Signal("seen")
+
+
+@app.route("/items/<int:id>", methods=["GET", "POST"], name="item")
+def item(request: Request, id: int) -> JsonResponse:
+    assert_type(request.GET.get("q"), "str | None")
+    assert_type(request.GET.get("q", ""), str)
+    assert_type(request.POST.getlist("tag"), "list[str]")
+    assert_type(request.headers.get("X-Token"), "str | None")
+    assert_type(request.COOKIES, "dict[str, str]")
+    assert_type(request.body, bytes)
+    assert_type(request.get_signed_cookie("who", default=None), "str | None")
+    return JsonResponse({"id": id, "q": request.GET.get("q", "")})
+
+
+@app.route("/go")
+def go(request: Request) -> HttpResponse:
+    response = redirect("item", id=1)
+    response.set_cookie("seen", "1", max_age=60)
+    return response
+
+
+@app.error_handler(404)
+def not_found(request: Request, exc: Exception) -> tuple[str, int]:
+    return "missing", 404
+
+
+@seen.connect
+def on_seen(sender: object, **kwargs: object) -> None:
+    pass
+
+
+@request_finished.connect
+def on_finished(sender: object, **kwargs: object) -> None:
+    pass
+
+
+class Timing:
+    def __init__(self, get_response: Callable[[Request], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Request) -> HttpResponse:
+        return self.get_response(request)
+
+
+assert_type(app.use(Timing), "type[Timing]")
+view: Callable[[Request, int], JsonResponse] = item
+assert_type(app.reverse("item", id=1), str)
+status: int = Client(app).get("/items/1").status_code
+code: int = item(Request({}), 2).status_code
+'''
+
+# Each mistake, by line: (line, the start of mypy's message there).
+APP_MISTAKES = [
+    ("App(max_body_size='10M')",
+     'Argument "max_body_size" to "App" has incompatible type "str"; expected "int"'),
+    ("item('not a request', '1')", 'Argument 1 to "item" has incompatible type "str"'),
+    ("item(Request({}))", 'Missing positional argument "id" in call to "item"'),
+    ("label: str = HttpResponse('x').status_code",
+     'Incompatible types in assignment (expression has type "int", variable has type "str")'),
+    ("page: int = Request({}).GET.get('page', '1')",
+     'Incompatible types in assignment (expression has type "str", variable has type "int")'),
+    ("app.error_handler('404')", 'Argument 1 to "error_handler" of "App" has incompatible type'),
+]
+
+MISTAKES_PREAMBLE = '''from microhandler import App, HttpResponse, Request
+
+app = App()
+
+
+@app.route("/items/<int:id>")
+def item(request: Request, id: int) -> HttpResponse:
+    return HttpResponse(str(id))
+
+
+'''
+
+
+@dataclass
+class InstalledWheel:
+    wheel: Path
+    sdist: Path
+    venv_python: Path
+    console_script: Path
+    user_dir: Path   # a directory with no microhandler.py: imports come from the venv
+
+
+def _run(command: list[str | Path], cwd: Path, timeout: float = 120,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(part) for part in command], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def _env_without_checkout() -> dict[str, str]:
+    """The environment less anything that would put the checkout's file on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+    env.pop("MICROHANDLER_RELOADER_CHILD", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
+    """Build the sdist and, from it, the wheel (no network: setuptools is installed), then
+    install the wheel alone into a fresh venv."""
+    root = tmp_path_factory.mktemp("typed_wheel")
+    source, dist, venv = root / "src", root / "dist", root / "venv"
+    source.mkdir()
+    for name in WHEEL_SOURCES:   # a copy: building writes egg-info next to the sources
+        (source / name).write_bytes((ROOT / name).read_bytes())
+    built = _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, source],
+                 cwd=root)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    made = _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=root)
+    assert made.returncode == 0, made.stderr
+    python = venv / "bin" / "python"
+    [wheel], [sdist] = dist.glob("*.whl"), dist.glob("*.tar.gz")
+    installed = _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
+                      "--no-index", "--disable-pip-version-check", "--quiet", wheel], cwd=root)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    user_dir = root / "user"
+    user_dir.mkdir()
+    (user_dir / "mypy.ini").write_text("[mypy]\n")   # no configuration from anywhere else
+    return InstalledWheel(wheel, sdist, python, venv / "bin" / "microhandler", user_dir)
+
+
+def _mypy_strict(installed: InstalledWheel, filename: str, source: str,
+                 cache: Path) -> subprocess.CompletedProcess[str]:
+    (installed.user_dir / filename).write_text(source)
+    return _run([sys.executable, "-m", "mypy", "--strict", "--python-executable",
+                 installed.venv_python, "--cache-dir", cache, "--no-error-summary",
+                 "--show-error-codes", filename], cwd=installed.user_dir,
+                env=_env_without_checkout())
+
+
+def test_wheel_installs_a_typed_package_built_from_the_one_file(
+        installed_wheel: InstalledWheel) -> None:
+    import tarfile
+    import zipfile
+    with zipfile.ZipFile(installed_wheel.wheel) as wheel:
+        names = set(wheel.namelist())
+        module = wheel.read("microhandler/__init__.py")
+    assert {"microhandler/__init__.py", "microhandler/__main__.py",
+            "microhandler/py.typed"} <= names
+    assert "microhandler.py" not in names   # one microhandler, the package
+    assert module == (ROOT / "microhandler.py").read_bytes()
+    with tarfile.open(installed_wheel.sdist) as sdist:
+        members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    # The sdist holds the source as the repository keeps it; the package is made when built.
+    assert {"microhandler.py", "setup.py", "pyproject.toml"} <= members
+    assert not any(name.startswith("microhandler/") for name in members)
+
+
+def test_installed_wheel_imports_and_runs_like_the_file(installed_wheel: InstalledWheel,
+                                                        tmp_path: Path) -> None:
+    env = _env_without_checkout()
+    imported = _run([installed_wheel.venv_python, "-c",
+                     "import sys, microhandler\n"
+                     "print(microhandler.__file__)\n"
+                     "print(sorted({'asyncio', 'logging', 'wsgiref', 'email', 'http.server',"
+                     " 'typing'}"
+                     " & set(sys.modules)))\n"], cwd=installed_wheel.user_dir, env=env)
+    assert imported.returncode == 0, imported.stderr
+    where, heavy = imported.stdout.splitlines()
+    venv = installed_wheel.venv_python.parent.parent
+    assert Path(where).is_relative_to(venv) and where.endswith("microhandler/__init__.py")
+    assert heavy == "[]"
+    for command in ([installed_wheel.venv_python, "-m", "microhandler", "--help"],
+                    [installed_wheel.console_script, "--help"]):
+        shown = _run(command, cwd=installed_wheel.user_dir, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert "usage: python -m microhandler" in shown.stdout and "--port" in shown.stdout
+    # The console command serves a user's app with the installed package.
+    (tmp_path / "userapp.py").write_text(
+        "from microhandler import App\n"
+        "app = App()\n"
+        "@app.route('/')\n"
+        "def home(request):\n"
+        "    return 'served by ' + type(request).__module__\n")
+    server = Cli(tmp_path, [str(installed_wheel.console_script), "userapp:app", "--port", "0"],
+                 env)
+    try:
+        port = server.wait_serving()
+        with urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=10) as response:
+            assert response.read() == b"served by microhandler"
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
+def test_mypy_strict_accepts_a_typed_app_against_the_wheel(installed_wheel: InstalledWheel,
+                                                           tmp_path: Path) -> None:
+    checked = _mypy_strict(installed_wheel, "typed_app.py", TYPED_APP, tmp_path / "cache")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout == "", checked.stdout
+
+
+def test_mypy_strict_reports_each_mistake_against_the_wheel(installed_wheel: InstalledWheel,
+                                                            tmp_path: Path) -> None:
+    source = MISTAKES_PREAMBLE + "".join(f"{line}\n" for line, _ in APP_MISTAKES)
+    first = MISTAKES_PREAMBLE.count("\n") + 1
+    checked = _mypy_strict(installed_wheel, "mistakes.py", source, tmp_path / "cache")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    errors = [line for line in checked.stdout.splitlines() if ": error: " in line]
+    for number, (line, message) in enumerate(APP_MISTAKES, start=first):
+        assert any(error.startswith(f"mistakes.py:{number}: error: {message}")
+                   for error in errors), (line, checked.stdout)
+    # Nothing else: the preamble (a decorated view) is clean, and no error is in microhandler.
+    assert {int(error.split(":")[1]) for error in errors} == set(
+        range(first, first + len(APP_MISTAKES))), checked.stdout
+
+
+def _example_paths() -> list[Path]:
+    return sorted(path for path in EXAMPLES.rglob("*.py") if "__pycache__" not in path.parts)
+
+
+def test_examples_pass_mypy_strict_against_the_wheel(installed_wheel: InstalledWheel,
+                                                     tmp_path: Path) -> None:
+    # As a user checks them: microhandler from the installed wheel, Jinja2 from the
+    # environment the tests run in (a venv that also sees the outer site-packages).
+    venv = tmp_path / "venv"
+    made = _run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", venv],
+                cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    python = venv / "bin" / "python"
+    installed = _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
+                      "--no-index", "--disable-pip-version-check", "--quiet",
+                      installed_wheel.wheel], cwd=tmp_path)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    for example in _example_paths():
+        checked = _run([sys.executable, "-m", "mypy", "--strict", "--python-executable", python,
+                        "--config-file", installed_wheel.user_dir / "mypy.ini",
+                        "--cache-dir", tmp_path / "cache", "--no-error-summary", example],
+                       cwd=installed_wheel.user_dir, env=_env_without_checkout())
+        assert checked.returncode == 0, (example, checked.stdout + checked.stderr)
+
+
+def test_examples_pass_mypy_strict_with_the_file_on_the_path(installed_wheel: InstalledWheel,
+                                                             tmp_path: Path) -> None:
+    # A user who copied microhandler.py: it is their own code to mypy, checked as strictly.
+    env = {**_env_without_checkout(), "MYPYPATH": str(ROOT)}
+    for example in _example_paths():
+        checked = _run([sys.executable, "-m", "mypy", "--strict",
+                        "--config-file", installed_wheel.user_dir / "mypy.ini",
+                        "--cache-dir", tmp_path / "cache", "--no-error-summary", example],
+                       cwd=installed_wheel.user_dir, env=env)
+        assert checked.returncode == 0, (example, checked.stdout + checked.stderr)

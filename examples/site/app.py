@@ -13,6 +13,8 @@ Run it with nothing installed but Python:  python examples/site/app.py [port]
 import datetime
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
@@ -21,6 +23,8 @@ from microhandler import (  # noqa: E402
     App,
     FileResponse,
     Http404,
+    HttpResponse,
+    Request,
     TemplateResponse,
     redirect,
     serve,
@@ -40,7 +44,8 @@ class Site(App):
     """An App whose every page sees `today`, which the layout (``base.html``) shows: what
     Django does with a context processor."""
 
-    def render_template(self, template_name, context, request=None):
+    def render_template(self, template_name: str, context: Mapping[str, Any],
+                        request: Request | None = None) -> str:
         context = {"today": datetime.date.today(), **context}
         return super().render_template(template_name, context, request)
 
@@ -60,14 +65,14 @@ FEATURES = [
 ]
 
 
-def downloads():
+def downloads() -> list[str]:
     """The files offered for download: only what is in files/, by base name."""
     return sorted(name for name in os.listdir(FILES)
                   if os.path.isfile(os.path.join(FILES, name)) and not name.startswith("."))
 
 
 @app.route("/", name="index")
-def index(request):
+def index(request: Request) -> TemplateResponse:
     name = request.get_signed_cookie(NAME_COOKIE, default=None, max_age=REMEMBER_FOR)
     return TemplateResponse("index.html", {
         "title": f"Hello, {name}" if name else "microhandler site",
@@ -78,14 +83,14 @@ def index(request):
 
 
 @app.route("/download/<name>", methods=["GET"], name="download")
-def download(request, name):
+def download(request: Request, name: str) -> FileResponse:
     if name not in downloads():  # never a path built from what the client sent
         raise Http404(f"No download named {name!r}")
     return FileResponse(os.path.join(FILES, name), as_attachment=True)
 
 
 @app.route("/hello", methods=["POST"], name="hello")
-def hello(request):
+def hello(request: Request) -> HttpResponse:
     name = " ".join(request.POST.get("name", "").split())[:40]
     response = redirect("index")  # POST/redirect/GET: a reload does not post again
     if name:
@@ -95,7 +100,7 @@ def hello(request):
 
 
 @app.route("/forget", methods=["POST"], name="forget")
-def forget(request):
+def forget(request: Request) -> HttpResponse:
     response = redirect("index")
     response.delete_cookie(NAME_COOKIE)
     return response
