@@ -3993,11 +3993,11 @@ class SessionMiddleware(_MiddlewareMixin):
 
     def load(self, request: Request) -> dict[str, Any]:
         """The session in the request's cookie; {} when missing, tampered with or expired."""
+        secret = _secret_key_of(request.app)  # missing: said at first use, not first save
         signed = request.COOKIES.get(self.cookie_name)
         if not signed:
             return {}
-        value = _unsign_cookie(_secret_key_of(request.app), self.cookie_name, signed,
-                               self.max_age)
+        value = _unsign_cookie(secret, self.cookie_name, signed, self.max_age)
         return {} if value is None else _decode_session(value)
 
     def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
