@@ -10257,3 +10257,142 @@ def test_security_async_branch() -> None:
     response, _ = call_async(SecurityMiddleware(hsts_seconds=5),
                              lambda request: HttpResponse("x"), scheme="https")
     assert response["Strict-Transport-Security"] == "max-age=5"
+
+
+# ---------------------------------------------------------------------------- a real browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+FETCH_PAGE = """<!DOCTYPE html><title>fetch</title><p id="out">waiting</p><script>
+fetch({{ target_json|safe }} + "/api/item", {method: "PUT",
+      headers: {"Content-Type": "application/json", "X-Custom": "from-the-page"},
+      body: JSON.stringify({name: "pen"})})
+  .then(r => r.json())
+  .then(d => { document.getElementById("out").textContent = "ok " + JSON.stringify(d); })
+  .catch(e => { document.getElementById("out").textContent = "failed " + e.name; });
+</script>"""
+FORM_PAGE = """<!DOCTYPE html><title>form</title>
+<form id="f" method="post" action="{{ action }}">
+<input type="hidden" name="csrfmiddlewaretoken" value="{{ csrf_token }}">
+<input name="note" value="{{ note }}"><button>Save</button></form>
+{% if auto %}<script>document.getElementById("f").submit();</script>{% endif %}"""
+SHOW_PAGE = """<!DOCTYPE html><title>show</title>
+<ul id="messages">{% for m in messages %}<li class="{{ m.level }}">{{ m.text }}</li>{% endfor %}</ul>
+<p id="visits">{{ visits }}</p>"""
+
+
+def browser_site(templates: Path, secret: str, allowed: set[str],
+                 calls: list[str]) -> App:
+    """The app each origin serves: its API allows the origins in `allowed` only."""
+    for name, source in (("fetch.html", FETCH_PAGE), ("form.html", FORM_PAGE),
+                         ("show.html", SHOW_PAGE)):
+        (templates / name).write_text(source)
+    app = App(middleware=[SecurityMiddleware,
+                          CorsMiddleware(allow_origins=lambda origin: origin in allowed,
+                                         allow_headers=["Content-Type", "X-Custom"]),
+                          SessionMiddleware, CsrfViewMiddleware],
+              secret_key=secret, template_dirs=[templates])
+
+    @app.route("/fetch")
+    def fetch_page(request):
+        return TemplateResponse("fetch.html", {"target_json": json.dumps(request.GET["target"])})
+
+    @app.route("/api/item", methods=["PUT"])
+    @csrf_exempt
+    def api_item(request):
+        calls.append("PUT /api/item")
+        return {"name": request.json["name"], "custom": request.headers.get("X-Custom")}
+
+    @app.route("/form")
+    def form(request):
+        return TemplateResponse("form.html", {"action": request.GET.get("target", "") + "/submit",
+                                              "note": request.GET.get("note", "mine"),
+                                              "auto": "auto" in request.GET})
+
+    @app.route("/submit", methods=["POST"])
+    def submit(request):
+        calls.append("POST /submit")
+        add_message(request, f"Saved {request.POST['note']}", "success")
+        return redirect("/show")
+
+    @app.route("/show")
+    def show(request):
+        request.session["visits"] = request.session.get("visits", 0) + 1
+        return TemplateResponse("show.html", {"visits": request.session["visits"]})
+
+    return app
+
+
+@contextlib.contextmanager
+def serving(app: App) -> Iterator[str]:
+    httpd = mh.make_server(app, HOST, 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{httpd.port}"
+    finally:
+        httpd.shutdown()
+        thread.join(15)
+
+
+def test_batteries_in_a_real_browser(tmp_path: Path) -> None:
+    """Headless Chromium against two origins on 127.0.0.1: CORS, CSRF, sessions, messages."""
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed at /usr/bin/chromium "
+                    "(apt-get install chromium; .ci/run does it)")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="Playwright is not installed (pip install playwright)")
+    allowed_by_a: set[str] = set()
+    calls_a: list[str] = []
+    calls_b: list[str] = []
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    site_a = browser_site(tmp_path / "a", "secret of A", allowed_by_a, calls_a)
+    site_b = browser_site(tmp_path / "b", "secret of B", set(), calls_b)
+    with serving(site_a) as origin_a, serving(site_b) as origin_b, \
+            sync_api.sync_playwright() as playwright:
+        allowed_by_a.add(origin_b)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+
+            def result_of_fetch(url: str) -> str:
+                page.goto(url)
+                page.wait_for_function(
+                    "document.getElementById('out').textContent !== 'waiting'")
+                return page.inner_text("#out")
+
+            # B's page calls A's API: A allows B, so the preflight passes and JSON is read.
+            answer = result_of_fetch(f"{origin_b}/fetch?target={quote(origin_a)}")
+            assert answer == 'ok {"name":"pen","custom":"from-the-page"}'
+            assert calls_a == ["PUT /api/item"]
+            # A's page calls B's API: B allows nobody, so the browser never sends the PUT.
+            assert result_of_fetch(f"{origin_a}/fetch?target={quote(origin_b)}") == (
+                "failed TypeError")
+            assert calls_b == []
+
+            # A form on B auto-submitted to A is refused by A's CSRF check (the Origin).
+            page.goto(f"{origin_b}/form?target={quote(origin_a)}&note=evil&auto=1")
+            page.wait_for_url(f"{origin_a}/submit")
+            assert "CSRF check failed" in page.content() and "Origin" in page.content()
+            assert "POST /submit" not in calls_a
+
+            # The same form on A's own origin works; the message shows once.
+            page.goto(f"{origin_a}/form?note=mine")
+            page.click("button")
+            page.wait_for_url(f"{origin_a}/show")
+            assert page.inner_text("#messages") == "Saved mine"
+            assert calls_a[-1] == "POST /submit"
+            # The session survives page loads; the message is gone after it was shown.
+            visits = [page.inner_text("#visits")]
+            for _ in range(2):
+                page.reload()
+                assert page.inner_text("#messages") == ""
+                visits.append(page.inner_text("#visits"))
+            assert visits == ["1", "2", "3"]
+        finally:
+            browser.close()
