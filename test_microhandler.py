@@ -9094,20 +9094,20 @@ def test_is_safe_url_accepts_the_requests_own_host() -> None:
 
 # ============================================================================ batteries (issue 12)
 
-import asyncio
-import base64
-import gzip as gzip_module
-import pickle
-import zlib
+import asyncio  # noqa: E402 (this block's own imports, kept with it)
+import base64  # noqa: E402
+import gzip as gzip_module  # noqa: E402
+import pickle  # noqa: E402
+import sqlite3  # noqa: E402
+import zlib  # noqa: E402
 
-from microhandler import (
+from microhandler import (  # noqa: E402
     ConditionalGetMiddleware,
     CorsMiddleware,
     CsrfViewMiddleware,
     GZipMiddleware,
     SecurityMiddleware,
     SessionMiddleware,
-    StreamingHttpResponse,
     add_message,
     csrf_exempt,
     csrf_token,
@@ -10396,3 +10396,74 @@ def test_batteries_in_a_real_browser(tmp_path: Path) -> None:
             assert visits == ["1", "2", "3"]
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------------------- examples
+
+def test_site_example_uses_sessions_messages_and_csrf(site: Any) -> None:
+    client = Client(site.app, enforce_csrf_checks=True)
+    page = client.get("/")
+    assert "Visits in this session: 1" in page.text
+    assert "Visits in this session: 2" in client.get("/").text
+    assert_csrf_403(client.post("/hello", data={"name": "Eve"}), "missing")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([A-Za-z0-9]{64})"',
+                      page.text).group(1)
+    hostile = client.post("/hello", data={"name": "Eve", "csrfmiddlewaretoken": token},
+                          headers={"Origin": "https://evil.example"})
+    assert_csrf_403(hostile, "Origin")
+    resp = client.post("/hello", data={"name": "Ann", "csrfmiddlewaretoken": token},
+                       follow=True)
+    assert '<li class="success">Nice to meet you, Ann. I will remember you.</li>' in resp.text
+    assert "Nice to meet you" not in client.get("/").text   # shown once
+
+
+def notes_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("NOTES_DB", str(tmp_path / "notes.sqlite3"))
+    monkeypatch.setenv("NOTES_TOKEN", "t0ken")
+    monkeypatch.setenv("NOTES_FRONTENDS", TRUSTED)
+    return load_module(EXAMPLES / "notes_api.py", "example_notes_api")
+
+
+def test_notes_api_crud_with_a_bearer_token(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    module = notes_api(tmp_path, monkeypatch)
+    client = Client(module.app)
+    auth = {"Authorization": "Bearer t0ken"}
+    created = client.post("/notes", json={"text": "buy milk"}, headers=auth)
+    assert created.status_code == 201 and created.headers["Location"] == "/notes/1"
+    assert created.json()["text"] == "buy milk"
+    client.post("/notes", json={"text": "call \u00e9lise"}, headers=auth)
+    assert [n["text"] for n in client.get("/notes", headers=auth).json()["notes"]] == [
+        "buy milk", "call \u00e9lise"]
+    assert client.put("/notes/1", json={"text": "buy oat milk"}, headers=auth).json()[
+        "text"] == "buy oat milk"
+    assert client.delete("/notes/1", headers=auth).status_code == 204
+    assert client.get("/notes/1", headers=auth).status_code == 404
+    for bad in ({"text": ""}, {"text": 3}, ["text"], {"text": "x" * 10_001}):
+        assert client.post("/notes", json=bad, headers=auth).status_code == 400
+    assert client.post("/notes", body=b"{", content_type="application/json",
+                       headers=auth).status_code == 400
+    # The data is in the sqlite3 file, for the next process too.
+    with contextlib.closing(sqlite3.connect(tmp_path / "notes.sqlite3")) as db:
+        assert db.execute("SELECT text FROM notes").fetchall() == [("call \u00e9lise",)]
+
+
+def test_notes_api_refuses_without_the_token_and_speaks_cors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = Client(notes_api(tmp_path, monkeypatch).app)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic t0ken"},
+                    {"Authorization": "Bearer t0ken\u00e9"}):
+        resp = client.get("/notes", headers={**headers, "Origin": TRUSTED})
+        assert resp.status_code == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+        assert resp.headers["Access-Control-Allow-Origin"] == TRUSTED   # the page reads why
+    preflight = client.options("/notes/7", headers={
+        "Origin": TRUSTED, "Access-Control-Request-Method": "DELETE",
+        "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 204   # no token on a preflight, and none needed
+    assert preflight.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type"
+    resp = client.get("/notes", headers={"Authorization": "Bearer t0ken",
+                                         "Origin": "https://evil.example"})
+    assert resp.status_code == 200 and "Access-Control-Allow-Origin" not in resp.headers
+    created = client.post("/notes", json={"text": "x"}, headers={
+        "Authorization": "Bearer t0ken", "Origin": TRUSTED})
+    assert created.headers["Access-Control-Expose-Headers"] == "Location"

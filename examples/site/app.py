@@ -5,8 +5,10 @@ Run it with nothing installed but Python:  python examples/site/app.py [port]
 - ``/`` renders ``templates/index.html`` (a loop and an if) inside ``templates/base.html``;
 - ``/static/...`` serves ``static/`` with ETag, Last-Modified, 304 and Range;
 - ``/download/<name>`` sends a file of ``files/`` as an attachment;
-- ``POST /hello`` stores your name in a signed cookie and redirects (POST/redirect/GET);
-  ``POST /forget`` deletes it.
+- ``POST /hello`` stores your name in a signed cookie and redirects (POST/redirect/GET)
+  with a one-time message; ``POST /forget`` deletes it;
+- the session (a signed cookie) counts your visits and carries the messages; every form
+  carries its CSRF token, so another site cannot post them for you.
 """
 
 import os
@@ -17,9 +19,12 @@ sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
 from microhandler import (  # noqa: E402
     App,
+    CsrfViewMiddleware,
     FileResponse,
     Http404,
+    SessionMiddleware,
     TemplateResponse,
+    add_message,
     redirect,
     serve,
     static,
@@ -50,6 +55,7 @@ class Site(App):
 
 app = Site(
     [static("/static", STATIC, name="static")],
+    middleware=[SessionMiddleware, CsrfViewMiddleware],
     template_dirs=[TEMPLATES],
     secret_key=SECRET_KEY,
     debug=True,
@@ -60,6 +66,10 @@ FEATURES = [
     {"name": "Static files", "text": "ETag, Last-Modified, 304 and Range requests."},
     {"name": "Downloads", "text": "FileResponse with Content-Disposition: attachment."},
     {"name": "Signed cookies", "text": "HMAC-SHA256 over the cookie's name, value and time."},
+    {"name": "Sessions and messages", "text": "a visit count and one-time messages in a "
+                                              "signed session cookie."},
+    {"name": "CSRF protection", "text": "each form carries a token; other sites' posts get "
+                                        "a 403."},
 ]
 
 
@@ -72,9 +82,11 @@ def downloads():
 @app.route("/", name="index")
 def index(request):
     name = request.get_signed_cookie(NAME_COOKIE, default=None, max_age=REMEMBER_FOR)
+    request.session["visits"] = request.session.get("visits", 0) + 1
     return TemplateResponse("index.html", {
         "title": f"Hello, {name}" if name else "microhandler site",
         "name": name,
+        "visits": request.session["visits"],
         "features": FEATURES,
         "downloads": downloads(),
     })
@@ -94,6 +106,7 @@ def hello(request):
     if name:
         response.set_signed_cookie(NAME_COOKIE, name, max_age=REMEMBER_FOR, httponly=True,
                                    samesite="Lax")
+        add_message(request, f"Nice to meet you, {name}. I will remember you.", "success")
     return response
 
 
@@ -101,6 +114,7 @@ def hello(request):
 def forget(request):
     response = redirect("index")
     response.delete_cookie(NAME_COOKIE)
+    add_message(request, "Forgotten: your name is no longer kept.")
     return response
 
 
