@@ -10467,3 +10467,24 @@ def test_notes_api_refuses_without_the_token_and_speaks_cors(
     created = client.post("/notes", json={"text": "x"}, headers={
         "Authorization": "Bearer t0ken", "Origin": TRUSTED})
     assert created.headers["Access-Control-Expose-Headers"] == "Location"
+
+
+def test_notes_api_example_passes_ruff() -> None:
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "examples/notes_api.py"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_batteries_example_runs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Batteries", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    app = namespace["app"]
+    app.add_route("/", lambda request: {"token": csrf_token(request)})
+    resp = Client(app).get("/", headers={"Accept-Encoding": "gzip",
+                                         "Origin": "https://app.example"})
+    assert resp.status_code == 200 and resp.headers["ETag"]
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff" and "csrftoken" in resp.cookies
