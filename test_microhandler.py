@@ -9096,6 +9096,7 @@ def test_is_safe_url_accepts_the_requests_own_host() -> None:
 
 import asyncio  # noqa: E402 (this block's own imports, kept with it)
 import base64  # noqa: E402
+import collections  # noqa: E402
 import gzip as gzip_module  # noqa: E402
 import pickle  # noqa: E402
 import sqlite3  # noqa: E402
@@ -10488,3 +10489,21 @@ def test_readme_batteries_example_runs() -> None:
     assert resp.status_code == 200 and resp.headers["ETag"]
     assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert resp.headers["X-Content-Type-Options"] == "nosniff" and "csrftoken" in resp.cookies
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=st.text(alphabet=string.ascii_letters + string.digits, min_size=32, max_size=32))
+def test_property_csrf_mask_round_trips(secret: str) -> None:
+    masked = mh._mask_csrf_secret(secret)
+    assert re.fullmatch(r"[A-Za-z0-9]{64}", masked)
+    assert mh._unmask_csrf_token(masked) == secret and mh._unmask_csrf_token(secret) == secret
+
+
+def test_csrf_secrets_are_random_over_the_whole_alphabet() -> None:
+    secrets_made = [mh._new_csrf_string() for _ in range(2000)]
+    assert len(set(secrets_made)) == 2000
+    assert all(re.fullmatch(r"[A-Za-z0-9]{32}", s) for s in secrets_made)
+    counts = collections.Counter("".join(secrets_made))
+    assert set(counts) == set(string.ascii_letters + string.digits)
+    # 64000 draws over 62 characters: about 1032 each; a modulo bias would skew the first 8.
+    assert max(counts.values()) < 1250 and min(counts.values()) > 820
