@@ -3978,15 +3978,18 @@ def _decode_session(value: str) -> dict[str, Any]:
 
 class SessionMiddleware(_MiddlewareMixin):
     """`request.session`, saved in a cookie signed with the App's secret_key (HMAC-SHA256);
-    the cookie is written only when the session changed, and expires after `max_age`."""
+    the cookie is written only when the session changed, and expires after `max_age`
+    seconds (None: when the browser closes)."""
 
     def __init__(self, get_response: Callable[..., Any], /, *, cookie_name: str = "session",
-                 max_age: int = 14 * 24 * 3600, secure: bool = False, httponly: bool = True,
-                 samesite: str | None = "Lax") -> None:
+                 max_age: int | None = 14 * 24 * 3600, secure: bool = False,
+                 httponly: bool = True, samesite: str | None = "Lax") -> None:
         super().__init__(get_response)
         self.cookie_name = cookie_name
         self.max_age = max_age
-        self.cookie_options = {"secure": secure, "httponly": httponly, "samesite": samesite}
+        self.secure = secure
+        self.httponly = httponly
+        self.samesite = samesite
 
     def process_request(self, request: Request) -> None:
         request.session = _Session(lambda: self.load(request))  # type: ignore[attr-defined]
@@ -4011,8 +4014,7 @@ class SessionMiddleware(_MiddlewareMixin):
             return response
         if not session:
             if self.cookie_name in request.COOKIES:
-                response.delete_cookie(self.cookie_name,
-                                       samesite=self.cookie_options["samesite"])  # type: ignore[arg-type]
+                response.delete_cookie(self.cookie_name, samesite=self.samesite)
             return response
         value = _sign_cookie(_secret_key_of(request.app), self.cookie_name,
                              _encode_session(dict(session)))
@@ -4021,8 +4023,8 @@ class SessionMiddleware(_MiddlewareMixin):
             raise ValueError(f"The session cookie {self.cookie_name!r} would be {size} bytes, "
                              f"over the {_COOKIE_SIZE_LIMIT} a browser keeps: store less in "
                              "request.session (an id, not the data)")
-        response.set_cookie(self.cookie_name, value, max_age=self.max_age,
-                            **self.cookie_options)  # type: ignore[arg-type]
+        response.set_cookie(self.cookie_name, value, max_age=self.max_age, secure=self.secure,
+                            httponly=self.httponly, samesite=self.samesite)
         return response
 
 
@@ -4116,16 +4118,13 @@ def _template_context(request: Request) -> dict[str, Any]:
 # -- batteries: CSRF
 
 _CSRF_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-_CSRF_SECRET = re.compile(r"[A-Za-z0-9]{32}")
+_CSRF_INDEX = {char: index for index, char in enumerate(_CSRF_CHARS)}
 # What a client sends: the secret itself (32) or masked (64), as Django accepts both.
 _CSRF_TOKEN = re.compile(r"[A-Za-z0-9]{32}(?:[A-Za-z0-9]{32})?")
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 _CSRF_COOKIE_AGE = 52 * 7 * 24 * 3600  # Django's: a year, so an open form stays valid
 # Set by the test Client unless Client(enforce_csrf_checks=True), as Django's does.
 _DONT_ENFORCE_CSRF = "microhandler.dont_enforce_csrf_checks"
-
-
-_CSRF_INDEX = {char: index for index, char in enumerate(_CSRF_CHARS)}
 
 
 def _new_csrf_string() -> str:
@@ -4177,8 +4176,14 @@ def _origin_matches(pattern: str, origin: str) -> bool:
 def csrf_exempt(view: _F) -> _F:
     """Mark a view that skips every CSRF check (an API authenticated by a bearer token,
     which a browser never sends on its own)."""
-    view.csrf_exempt = True  # type: ignore[attr-defined]
-    return view
+    try:
+        view.csrf_exempt = True  # type: ignore[attr-defined]
+        return view
+    except AttributeError:  # a bound method takes no attributes: mark a wrapper instead
+        import functools
+        exempt = functools.wraps(view)(lambda *args, **kwargs: view(*args, **kwargs))
+        exempt.csrf_exempt = True  # type: ignore[attr-defined]
+        return markcoroutinefunction(exempt) if _is_async(view) else exempt  # type: ignore[return-value]
 
 
 def csrf_token(request: Request) -> str:

@@ -10507,3 +10507,30 @@ def test_csrf_secrets_are_random_over_the_whole_alphabet() -> None:
     assert set(counts) == set(string.ascii_letters + string.digits)
     # 64000 draws over 62 characters: about 1032 each; a modulo bias would skew the first 8.
     assert max(counts.values()) < 1250 and min(counts.values()) > 820
+
+
+def test_session_max_age_none_lasts_until_the_browser_closes() -> None:
+    client = Client(session_app(max_age=None))
+    _, attrs = only_cookie(client.get("/count"), "session")
+    assert "max-age" not in attrs and "expires" not in attrs
+    assert client.get("/count").json() == {"n": 2}
+
+
+def test_csrf_exempt_marks_bound_methods_through_a_wrapper() -> None:
+    class Api:
+        def hook(self, request):
+            return "hooked"
+
+        async def ahook(self, request):
+            return "async"
+
+    api = Api()
+    exempt = csrf_exempt(api.hook)
+    assert exempt.csrf_exempt is True and exempt.__name__ == "hook"
+    assert mh._is_async(csrf_exempt(api.ahook)) and not mh._is_async(exempt)
+    app = battery_app(CsrfViewMiddleware)
+    app.add_route("/hook", exempt, methods=["POST"])
+    app.add_route("/guarded", api.hook, methods=["POST"])
+    client = Client(app, enforce_csrf_checks=True)
+    assert client.post("/hook").text == "hooked"
+    assert client.post("/guarded").status_code == 403
