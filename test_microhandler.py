@@ -9143,9 +9143,10 @@ def battery_app(*middleware: Any, trace: list[str] | None = None, **kwargs: Any)
 
 def full_stack(**kwargs: Any) -> App:
     """Every battery, in the order the README recommends."""
-    return battery_app(SecurityMiddleware, GZipMiddleware, ConditionalGetMiddleware,
+    return battery_app(SecurityMiddleware,
                        CorsMiddleware(allow_origins=[TRUSTED], allow_headers=["X-Custom"]),
-                       SessionMiddleware, CsrfViewMiddleware, **kwargs)
+                       GZipMiddleware, ConditionalGetMiddleware, SessionMiddleware,
+                       CsrfViewMiddleware(trusted_origins=[TRUSTED]), **kwargs)
 
 
 def vary_of(response: Any) -> set[str]:
@@ -10534,3 +10535,42 @@ def test_csrf_exempt_marks_bound_methods_through_a_wrapper() -> None:
     client = Client(app, enforce_csrf_checks=True)
     assert client.post("/hook").text == "hooked"
     assert client.post("/guarded").status_code == 403
+
+
+def test_all_batteries_together_in_the_readme_order(tmp_path: Path) -> None:
+    (tmp_path / "form.html").write_text(
+        "{% for m in messages %}<p>{{ m.text }}</p>{% endfor %}<form method=post>"
+        "<input name=csrfmiddlewaretoken value=\"{{ csrf_token }}\"></form>" + BIG_TEXT)
+    trace: list[str] = []
+    app = full_stack(template_dirs=[tmp_path], trace=trace)
+
+    @app.route("/", methods=["GET", "POST"])
+    def form(request):
+        if request.method == "POST":
+            add_message(request, "Posted")
+            return redirect("/")
+        return TemplateResponse("form.html")
+
+    app.add_route("/about", lambda request: BIG_TEXT)
+    client = Client(app, enforce_csrf_checks=True)
+    gzip_origin = {"Accept-Encoding": "gzip", "Origin": TRUSTED}
+    page = client.get("/", headers=gzip_origin)
+    text = gzip_module.decompress(page.content).decode()
+    token = re.search(r'value="([A-Za-z0-9]{64})"', text).group(1)
+    assert page.headers["Access-Control-Allow-Origin"] == TRUSTED
+    assert vary_of(page) == {"origin", "accept-encoding", "cookie"}
+    assert page.headers["ETag"].startswith('W/"') and "csrftoken" in client.cookies
+    posted = client.post("/", data={"csrfmiddlewaretoken": token}, headers=gzip_origin)
+    assert posted.status_code == 302 and "session" in client.cookies
+    shown = client.get("/", headers={"Accept-Encoding": "gzip"})
+    assert "<p>Posted</p>" in gzip_module.decompress(shown.content).decode()
+    # A page with a token differs every time (the mask), so it is never a 304; a page
+    # without one is, and a revalidation from the allowed origin keeps the CORS headers.
+    assert client.get("/", headers={"If-None-Match": shown.headers["ETag"]}).status_code == 200
+    about = client.get("/about", headers=gzip_origin)
+    again = client.get("/about", headers={**gzip_origin, "If-None-Match": about.headers["ETag"]})
+    assert again.status_code == 304 and again.headers["Access-Control-Allow-Origin"] == TRUSTED
+    assert again.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.options("/", headers={"Origin": TRUSTED, "Access-Control-Request-Method":
+                                        "PUT"}).status_code == 204
+    assert trace[-2:] == ["outer>", "<outer:204"]   # the preflight never reached the inner layer
