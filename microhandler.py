@@ -25,6 +25,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    MutableMapping,
     Sequence,
 )
 from contextvars import ContextVar
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
     _StrMapping = Mapping[str, Any]
     _HeaderMapping = Mapping[str, str]
+    _StrMutableMapping = MutableMapping[str, Any]
     _F = TypeVar("_F", bound=Callable[..., Any])
     # A request's journey: yields (function, args, kwargs, offload), returns the response.
     _Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -57,19 +59,22 @@ if TYPE_CHECKING:
     _Middleware = TypeVar("_Middleware", bound=Callable[..., Any] | str)
 else:
     _StrMapping = _HeaderMapping = Mapping
+    _StrMutableMapping = MutableMapping
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ASGIHandler", "App", "BadHeaderError", "BadRequest", "Client", "ClientResponse",
-    "DisallowedRedirect", "FileResponse", "Headers", "Http404", "HttpError", "HttpResponse",
+    "ConditionalGetMiddleware", "CorsMiddleware", "CsrfViewMiddleware", "DisallowedRedirect",
+    "FileResponse", "GZipMiddleware", "Headers", "Http404", "HttpError", "HttpResponse",
     "HttpResponseRedirect", "ImproperlyConfigured", "JsonResponse", "LimitedStream",
     "MethodNotAllowed", "MiddlewareNotUsed", "MultiDict", "NoReverseMatch", "PermissionDenied",
     "QueryDict", "RawPostDataException", "Request", "RequestDataTooBig", "Resolver",
-    "ResolverMatch", "Route", "SafeString", "Signal", "StreamingHttpResponse", "Template",
-    "TemplateError", "TemplateLoader", "TemplateResponse", "UploadedFile", "View", "WebSocket",
-    "WebSocketDisconnect", "WebSocketSession", "check_header", "convert_exception_to_response",
-    "escape", "got_request_exception", "include", "is_safe_url", "main", "make_server",
+    "ResolverMatch", "Route", "SafeString", "SecurityMiddleware", "SessionMiddleware", "Signal",
+    "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader", "TemplateResponse",
+    "UploadedFile", "View", "WebSocket", "WebSocketDisconnect", "WebSocketSession", "add_message",
+    "check_header", "convert_exception_to_response", "csrf_exempt", "csrf_token", "escape",
+    "get_messages", "got_request_exception", "include", "is_safe_url", "main", "make_server",
     "mark_safe", "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "proxy",
     "redirect", "request_finished", "request_started", "route", "serve", "static",
 ]
@@ -1072,6 +1077,7 @@ class Request:
 
     _files_to_close: Sequence[Any] = ()
     _route_found: tuple[Route, tuple[Any, ...], dict[str, Any]]
+    session: _Session  # set by SessionMiddleware
 
     def __init__(self, environ: dict[str, Any], app: App | None = None) -> None:
         self.environ = self.META = environ
@@ -4615,7 +4621,10 @@ class App:
         if self._templates is None:  # it shares the dict: filters added later count too
             self._templates = TemplateLoader(self.template_dirs, strict=self.debug,
                                              filters=self.template_filters)
-        return str(self._templates.render(template_name, {"request": request, **context}))
+        if request is None:
+            return str(self._templates.render(template_name, {"request": None, **context}))
+        return str(self._templates.render(template_name, {**_template_context(request),
+                                                          **context}))
 
     # -- handing the response to the server
     def _start_response(self, request: Request, response: HttpResponse,
@@ -5032,6 +5041,8 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
         "wsgi.errors": sys.stderr, "wsgi.version": (1, 0), "wsgi.multithread": True,
         "wsgi.multiprocess": False, "wsgi.run_once": False, "asgi.scope": scope,
     }
+    if scope.get(_DONT_ENFORCE_CSRF):  # the test client's, as under WSGI
+        environ[_DONT_ENFORCE_CSRF] = True
     for raw_name, raw_value in scope.get("headers", ()):
         if b"_" in raw_name:  # as the built-in server: X-User_Id cannot pose as X-User-Id
             continue
@@ -5043,6 +5054,776 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
             value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
         environ[key] = value
     return environ
+
+
+# ---------------------------------------------------------------- batteries
+# Django's contrib middleware, one small class each. Every battery runs under WSGI and ASGI
+# alike: _MiddlewareMixin calls its process_request / process_response around the inner
+# layer, and awaits that layer when the chain is async.
+
+def _no_inner_layer(request: Request) -> HttpResponse:
+    raise ImproperlyConfigured("A configured middleware was called outside an App's chain")
+
+
+class _ConfiguredMiddleware:
+    """What `CorsMiddleware(allow_origins=[...])` returns: the class and its options, which
+    the chain builder calls with `get_response`."""
+
+    def __init__(self, cls: type[_MiddlewareMixin], options: dict[str, Any]) -> None:
+        cls(_no_inner_layer, **options)  # a misspelt or bad option fails here, where written
+        self.cls = cls
+        self.options = options
+        self.sync_capable = cls.sync_capable
+        self.async_capable = cls.async_capable
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+
+    def __call__(self, get_response: Callable[..., Any]) -> Any:
+        return self.cls(get_response, **self.options)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{name}={value!r}" for name, value in self.options.items())
+        return f"{self.cls.__name__}({options})"
+
+
+class _MiddlewareMixin:
+    """Django's MiddlewareMixin: a battery writes `process_request(request)` (a response
+    to answer early, or None) and `process_response(request, response)` once; `__call__`
+    runs them around the inner layer, awaiting it when the chain is async (ASGI)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __new__(cls, get_response: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        if get_response is None:  # SessionMiddleware(max_age=3600): a configured factory
+            return _ConfiguredMiddleware(cls, options)
+        return super().__new__(cls)
+
+    def __init__(self, get_response: Callable[..., Any], /) -> None:
+        self.get_response = get_response
+        self._async = _is_async(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: Request) -> Any:
+        if self._async:
+            return self.__acall__(request)
+        response = self.process_request(request)
+        if response is None:
+            response = self.get_response(request)
+        return self.process_response(request, response)
+
+    async def __acall__(self, request: Request) -> HttpResponse:
+        response = self.process_request(request)
+        if response is None:
+            response = await self.get_response(request)
+        return self.process_response(request, response)
+
+    def process_request(self, request: Request) -> HttpResponse | None:
+        return None
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        return response
+
+
+def _add_vary(response: HttpResponse, *names: str) -> None:
+    """Add header names to `Vary` (Django's patch_vary_headers): caches must key on them."""
+    current = response.get("Vary")
+    if not current:
+        response["Vary"] = ", ".join(names)
+        return
+    present = {item.strip(" \t").lower() for item in current.split(",")}
+    missing = [name for name in names if name.lower() not in present]
+    if missing and "*" not in present:
+        response["Vary"] = ", ".join([current, *missing])
+
+
+def _has_directive(header: str, directive: str) -> bool:
+    """Whether a Cache-Control value holds `directive` (with or without an argument)."""
+    return any(item.strip(" \t").partition("=")[0].lower() == directive
+               for item in header.split(","))
+
+
+# -- batteries: sessions and messages
+
+# RFC 6265 6.1: a browser keeps at least 4096 bytes of one cookie's name and value, and no
+# more is safe to count on.
+_COOKIE_SIZE_LIMIT = 4096
+
+
+class _Session(_StrMutableMapping):
+    """`request.session`: a dict of JSON values kept in a signed cookie, read on first use.
+
+    A change inside a stored list or dict is not seen: set `request.session.modified = True`.
+    """
+
+    def __init__(self, load: Callable[[], dict[str, Any]]) -> None:
+        self._load = load
+        self._data: dict[str, Any] | None = None
+        self.modified = False
+        self.accessed = False
+
+    @property
+    def _store(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = self._load()
+        self.accessed = True
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._store[key] = value
+        self.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        del self._store[key]
+        self.modified = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._store
+
+    def flush(self) -> None:
+        """Empty the session; its cookie is deleted with the response."""
+        self._data = {}
+        self.accessed = self.modified = True
+
+    def __repr__(self) -> str:
+        return f"<session {self._store!r}>"
+
+
+def _encode_session(data: dict[str, Any]) -> str:
+    import base64
+    import json
+    try:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"request.session holds JSON values only (str, int, float, bool, "
+                        f"None, list, dict): {exc}") from None
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def _decode_session(value: str) -> dict[str, Any]:
+    """The session a cookie holds; {} for anything that is not a base64 JSON object.
+    JSON only, never pickle: a leaked secret_key must not become code execution."""
+    import base64
+    import binascii
+    import json
+    try:
+        data = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class SessionMiddleware(_MiddlewareMixin):
+    """`request.session`, saved in a cookie signed with the App's secret_key (HMAC-SHA256);
+    the cookie is written only when the session changed, and expires after `max_age`
+    seconds (None: when the browser closes)."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *, cookie_name: str = "session",
+                 max_age: int | None = 14 * 24 * 3600, secure: bool = False,
+                 httponly: bool = True, samesite: str | None = "Lax") -> None:
+        super().__init__(get_response)
+        self.cookie_name = cookie_name
+        self.max_age = max_age
+        self.secure = secure
+        self.httponly = httponly
+        self.samesite = samesite
+
+    def process_request(self, request: Request) -> None:
+        request.session = _Session(lambda: self.load(request))
+
+    def load(self, request: Request) -> dict[str, Any]:
+        """The session in the request's cookie; {} when missing, tampered with or expired."""
+        secret = _secret_key_of(request.app)  # missing: said at first use, not first save
+        signed = request.COOKIES.get(self.cookie_name)
+        if not signed:
+            return {}
+        value = _unsign_cookie(secret, self.cookie_name, signed, self.max_age)
+        return {} if value is None else _decode_session(value)
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        session = getattr(request, "session", None)
+        if not isinstance(session, _Session):
+            return response
+        if session.accessed:
+            _add_vary(response, "Cookie")
+        # As Django: a failed request (5xx) leaves the session as it was.
+        if not session.modified or response.status_code >= 500:
+            return response
+        if not session:
+            if self.cookie_name in request.COOKIES:
+                response.delete_cookie(self.cookie_name, samesite=self.samesite)
+            return response
+        value = _sign_cookie(_secret_key_of(request.app), self.cookie_name,
+                             _encode_session(dict(session)))
+        size = len(self.cookie_name) + 1 + len(value)
+        if size > _COOKIE_SIZE_LIMIT:
+            raise ValueError(f"The session cookie {self.cookie_name!r} would be {size} bytes, "
+                             f"over the {_COOKIE_SIZE_LIMIT} a browser keeps: store less in "
+                             "request.session (an id, not the data)")
+        response.set_cookie(self.cookie_name, value, max_age=self.max_age, secure=self.secure,
+                            httponly=self.httponly, samesite=self.samesite)
+        return response
+
+
+_MESSAGES_KEY = "_messages"
+
+
+class _Message:
+    """A one-time message: `.text` and `.level` ("info", "success", "warning", "error"...)."""
+
+    __slots__ = ("level", "text")
+
+    def __init__(self, text: str, level: str = "info") -> None:
+        self.text = text
+        self.level = level
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _Message) and (self.text, self.level)
+                == (other.text, other.level))
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.level))
+
+    def __repr__(self) -> str:
+        return f"Message({self.text!r}, level={self.level!r})"
+
+
+def add_message(request: Request, text: str, level: str = "info") -> None:
+    """Keep a message in the session for the next page shown (after a redirect, say)."""
+    session = getattr(request, "session", None)
+    if session is None:
+        raise ImproperlyConfigured("add_message() keeps messages in request.session: add "
+                                   "SessionMiddleware to App(middleware=[...])")
+    session[_MESSAGES_KEY] = [*session.get(_MESSAGES_KEY, ()), [str(level), str(text)]]
+
+
+def get_messages(request: Request) -> list[_Message]:
+    """The messages waiting for this request, removed from the session (shown once)."""
+    session = getattr(request, "session", None)
+    stored = session.pop(_MESSAGES_KEY, None) if session is not None else None
+    if not isinstance(stored, list):
+        return []
+    return [_Message(str(item[1]), str(item[0])) for item in stored
+            if isinstance(item, list) and len(item) == 2]
+
+
+class _TemplateMessages:
+    """`messages` in a template: taken from the session when the template loops over them,
+    so a page that never shows them leaves them for the next; `{% if messages %}` peeks."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._taken: list[_Message] | None = None
+
+    def __iter__(self) -> Iterator[_Message]:
+        if self._taken is None:
+            self._taken = get_messages(self._request)
+        return iter(self._taken)
+
+    def __len__(self) -> int:
+        if self._taken is not None:
+            return len(self._taken)
+        session = getattr(self._request, "session", None)
+        stored = session.get(_MESSAGES_KEY) if session is not None else None
+        return len(stored) if isinstance(stored, list) else 0
+
+
+class _TemplateCsrfToken:
+    """`csrf_token` in a template: made (and its cookie set) only if the page prints it;
+    empty when the App has no CsrfViewMiddleware, so a template outlives the middleware."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    def __html__(self) -> str:
+        if getattr(self._request, "_csrf_middleware", None) is None:
+            return ""
+        return csrf_token(self._request)
+
+    __str__ = __html__
+
+
+def _template_context(request: Request) -> dict[str, Any]:
+    """What every template rendered for a request sees, each made only when used."""
+    return {"request": request, "messages": _TemplateMessages(request),
+            "csrf_token": _TemplateCsrfToken(request)}
+
+
+# -- batteries: CSRF
+
+_CSRF_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_CSRF_INDEX = {char: index for index, char in enumerate(_CSRF_CHARS)}
+# What a client sends: the secret itself (32) or masked (64), as Django accepts both.
+_CSRF_TOKEN = re.compile(r"[A-Za-z0-9]{32}(?:[A-Za-z0-9]{32})?")
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+_CSRF_COOKIE_AGE = 52 * 7 * 24 * 3600  # Django's: a year, so an open form stays valid
+# Set by the test Client unless Client(enforce_csrf_checks=True), as Django's does.
+_DONT_ENFORCE_CSRF = "microhandler.dont_enforce_csrf_checks"
+
+
+def _new_csrf_string() -> str:
+    """32 random characters of _CSRF_CHARS from the OS's CSPRNG, without bias: a byte
+    past 247 (= 4 * 62 - 1) is drawn again."""
+    # PERF: one urandom call, not 32 secrets.choice() calls (a form page makes one mask).
+    chars: list[str] = []
+    while len(chars) < 32:
+        chars += [_CSRF_CHARS[byte % 62] for byte in os.urandom(40) if byte < 248]
+    return "".join(chars[:32])
+
+
+def _mask_csrf_secret(secret: str) -> str:
+    """The secret under a fresh one-time mask, so a page's token differs on every response
+    and compression leaks nothing of the secret (BREACH)."""
+    mask = _new_csrf_string()
+    index = _CSRF_INDEX
+    return mask + "".join(_CSRF_CHARS[(index[s] + index[m]) % 62]
+                          for s, m in zip(secret, mask, strict=True))
+
+
+def _unmask_csrf_token(token: str) -> str:
+    if len(token) == 32:
+        return token
+    mask, cipher = token[:32], token[32:]
+    index = _CSRF_INDEX
+    return "".join(_CSRF_CHARS[(index[c] - index[m]) % 62]
+                   for c, m in zip(cipher, mask, strict=True))
+
+
+def _normal_origin(origin: str) -> str:
+    """`scheme://host[:port]` lower-cased and without the scheme's default port."""
+    origin = origin.lower().rstrip("/")
+    for scheme, port in (("http://", ":80"), ("https://", ":443")):
+        if origin.startswith(scheme) and origin.endswith(port):
+            return origin[:-len(port)]
+    return origin
+
+
+def _origin_matches(pattern: str, origin: str) -> bool:
+    """`origin` against a trusted one: exact, or `https://*.example.com` for subdomains."""
+    if "://*." not in pattern:
+        return origin == pattern
+    scheme, _, domain = pattern.partition("://*")
+    host = origin[len(scheme) + 3:] if origin.startswith(scheme + "://") else ""
+    return len(host) > len(domain) and host.endswith(domain) and "/" not in host
+
+
+def csrf_exempt(view: _F) -> _F:
+    """Mark a view that skips every CSRF check (an API authenticated by a bearer token,
+    which a browser never sends on its own)."""
+    try:
+        view.csrf_exempt = True  # type: ignore[attr-defined]
+        return view
+    except AttributeError:  # a bound method takes no attributes: mark a wrapper instead
+        import functools
+        exempt = functools.wraps(view)(lambda *args, **kwargs: view(*args, **kwargs))
+        exempt.csrf_exempt = True  # type: ignore[attr-defined]
+        return markcoroutinefunction(exempt) if _is_async(view) else exempt  # type: ignore[return-value]
+
+
+def csrf_token(request: Request) -> str:
+    """The CSRF token for a form field `csrfmiddlewaretoken` or an `X-CSRFToken` header;
+    the cookie it is checked against goes out with the response."""
+    middleware = getattr(request, "_csrf_middleware", None)
+    if middleware is None:
+        raise ImproperlyConfigured("csrf_token() needs CsrfViewMiddleware in "
+                                   "App(middleware=[...])")
+    secret = getattr(request, "_csrf_secret", None)
+    if secret is None:
+        secret = middleware.cookie_secret(request) or _new_csrf_string()
+        request._csrf_secret = secret  # type: ignore[attr-defined]
+    return _mask_csrf_secret(secret)
+
+
+class CsrfViewMiddleware(_MiddlewareMixin):
+    """Django's CSRF protection: an unsafe request must come from this site (Origin, or
+    Referer over HTTPS) and carry the token of its CSRF cookie; else a 403 saying why."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *,
+                 trusted_origins: Iterable[str] = (), cookie_name: str = "csrftoken",
+                 header_name: str = "X-CSRFToken") -> None:
+        super().__init__(get_response)
+        origins = [trusted_origins] if isinstance(trusted_origins, str) else trusted_origins
+        self.trusted_origins = [_normal_origin(origin) for origin in origins]
+        for origin in self.trusted_origins:
+            if "://" not in origin:
+                raise ImproperlyConfigured(f"trusted_origins takes origins with a scheme, "
+                                           f"like 'https://{origin}', not {origin!r}")
+        self.cookie_name = cookie_name
+        self.header_key = "HTTP_" + header_name.upper().replace("-", "_")
+
+    def process_request(self, request: Request) -> None:
+        request._csrf_middleware = self  # type: ignore[attr-defined]
+
+    def process_view(self, request: Request, view: Callable[..., Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> None:
+        if (request.method in _SAFE_METHODS or getattr(view, "csrf_exempt", False)
+                or request.environ.get(_DONT_ENFORCE_CSRF)):
+            return
+        origin = request.environ.get("HTTP_ORIGIN")
+        if origin is not None:
+            if not self.trusted(request, origin):
+                raise PermissionDenied("CSRF check failed: the Origin header names another "
+                                       "site, neither this one nor a trusted origin.")
+        elif request.is_secure:
+            self.check_referer(request)
+        self.check_token(request)
+
+    def trusted(self, request: Request, origin: str) -> bool:
+        """Whether `origin` is the request's own or one of `trusted_origins`."""
+        origin = _normal_origin(origin)
+        if origin == _normal_origin(f"{request.scheme}://{request.host}"):
+            return True
+        return any(_origin_matches(pattern, origin) for pattern in self.trusted_origins)
+
+    def check_referer(self, request: Request) -> None:
+        """Over HTTPS without Origin (older browsers), the Referer must name this site."""
+        referer = request.environ.get("HTTP_REFERER")
+        if not referer:
+            raise PermissionDenied("CSRF check failed: a secure request came with neither "
+                                   "an Origin nor a Referer header.")
+        try:
+            parts = urlsplit(referer)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme != "https" or not parts.netloc:
+            raise PermissionDenied("CSRF check failed: the Referer is not an https URL.")
+        if not self.trusted(request, f"https://{parts.netloc}"):
+            raise PermissionDenied("CSRF check failed: the Referer names another site, "
+                                   "neither this one nor a trusted origin.")
+
+    def cookie_secret(self, request: Request) -> str | None:
+        value = request.COOKIES.get(self.cookie_name, "")
+        return _unmask_csrf_token(value) if _CSRF_TOKEN.fullmatch(value) else None
+
+    def check_token(self, request: Request) -> None:
+        """The token in the form field or the header must be the cookie's, unmasked."""
+        import hmac
+        secret = self.cookie_secret(request)
+        if secret is None:
+            raise PermissionDenied("CSRF check failed: the CSRF cookie is not set (load the "
+                                   "form's page first, with cookies enabled).")
+        token = request.POST.get("csrfmiddlewaretoken", "") if request.method == "POST" else ""
+        token = token or request.environ.get(self.header_key, "")
+        if not token:
+            raise PermissionDenied("CSRF check failed: the CSRF token is missing (form "
+                                   "field csrfmiddlewaretoken or the CSRF header).")
+        if not _CSRF_TOKEN.fullmatch(token) or not hmac.compare_digest(
+                _unmask_csrf_token(token).encode(), secret.encode()):
+            raise PermissionDenied("CSRF check failed: the CSRF token is incorrect.")
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        secret = getattr(request, "_csrf_secret", None)
+        if secret is not None:  # csrf_token() was called: (re)set the cookie it pairs with
+            response.set_cookie(self.cookie_name, secret, max_age=_CSRF_COOKIE_AGE,
+                                secure=request.is_secure, samesite="Lax")
+            _add_vary(response, "Cookie")
+        return response
+
+
+# -- batteries: CORS
+
+class CorsMiddleware(_MiddlewareMixin):
+    """Cross-origin requests from the origins allowed (django-cors-headers): preflights are
+    answered before routing; other responses, errors included, carry the CORS headers."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *,
+                 allow_origins: str | Iterable[str] | Callable[[str], bool] = (),
+                 allow_methods: Iterable[str] = ("GET", "HEAD", "POST", "PUT", "PATCH",
+                                                 "DELETE", "OPTIONS"),
+                 allow_headers: str | Iterable[str] = (), expose_headers: Iterable[str] = (),
+                 allow_credentials: bool = False, max_age: int = 600) -> None:
+        super().__init__(get_response)
+        self.origin_check = allow_origins if callable(allow_origins) else None
+        origins = [] if callable(allow_origins) else (
+            [allow_origins] if isinstance(allow_origins, str) else list(allow_origins))
+        self.any_origin = origins == ["*"]
+        if "*" in origins and not self.any_origin:
+            raise ImproperlyConfigured("allow_origins: '*' stands alone, not among origins")
+        self.origins = frozenset(_normal_origin(origin) for origin in origins)
+        headers = [allow_headers] if isinstance(allow_headers, str) else list(allow_headers)
+        self.any_header = headers == ["*"]  # echo what the preflight asks for
+        self.allow_headers = ", ".join(headers)
+        self.allow_methods = ", ".join(method.upper() for method in allow_methods)
+        self.expose_headers = ", ".join(expose_headers)
+        self.allow_credentials = allow_credentials
+        self.max_age = max_age
+        # The answer depends on Origin unless every origin gets the same "*".
+        self.varies = not (self.any_origin and not allow_credentials)
+
+    def allowed(self, origin: str) -> bool:
+        if self.any_origin:
+            return True
+        if self.origin_check is not None:
+            return bool(self.origin_check(origin))
+        return _normal_origin(origin) in self.origins
+
+    def process_request(self, request: Request) -> HttpResponse | None:
+        environ = request.environ
+        origin = environ.get("HTTP_ORIGIN")
+        if (origin is None or request.method != "OPTIONS"
+                or "HTTP_ACCESS_CONTROL_REQUEST_METHOD" not in environ
+                or not self.allowed(origin)):
+            return None
+        # A preflight: answered here, whatever the route's methods (process_response adds
+        # the origin).
+        response = HttpResponse(status=204)
+        response["Access-Control-Allow-Methods"] = self.allow_methods
+        headers = (environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "") if self.any_header
+                   else self.allow_headers)
+        if headers:
+            response["Access-Control-Allow-Headers"] = headers
+        if self.max_age:
+            response["Access-Control-Max-Age"] = str(self.max_age)
+        return response
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        if self.varies:
+            _add_vary(response, "Origin")
+        origin = request.environ.get("HTTP_ORIGIN")
+        if origin is None or not self.allowed(origin):
+            return response
+        response["Access-Control-Allow-Origin"] = origin if self.varies else "*"
+        if self.allow_credentials:
+            response["Access-Control-Allow-Credentials"] = "true"
+        if self.expose_headers:
+            response["Access-Control-Expose-Headers"] = self.expose_headers
+        return response
+
+
+# -- batteries: GZip
+
+_COMPRESSIBLE_TYPES = frozenset(("application/json", "application/javascript",
+                                 "application/ecmascript", "application/xml",
+                                 "application/wasm", "image/svg+xml"))
+# RFC 9110 12.5.3: codings [ OWS ";" OWS "q=" qvalue ], qvalue 0 to 1 with 3 decimals.
+_ACCEPT_CODING = re.compile(r"[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*"
+                            r"(?:;[ \t]*[qQ]=(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)[ \t]*)?")
+
+
+def _compressible(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip(" \t").lower()
+    return (media.startswith("text/") or media in _COMPRESSIBLE_TYPES
+            or media.endswith(("+json", "+xml")))
+
+
+def _accepts_gzip(header: str) -> bool:
+    """Whether Accept-Encoding allows gzip: named with q > 0, or `*` with q > 0 and gzip
+    not named. A malformed element is ignored."""
+    gzip_q = star_q = None
+    for element in header.split(","):
+        match = _ACCEPT_CODING.fullmatch(element)
+        if match is None:
+            continue
+        coding = match.group(1).lower()
+        q = float(match.group(2)) if match.group(2) else 1.0
+        if coding in ("gzip", "x-gzip"):
+            gzip_q = max(q, gzip_q or 0.0)
+        elif coding == "*":
+            star_q = q
+    if gzip_q is not None:
+        return gzip_q > 0
+    return star_q is not None and star_q > 0
+
+
+def _gzip_chunks(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
+    import zlib
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    for chunk in chunks:
+        if chunk:
+            # Flushed per chunk: each one reaches the client when produced (server-sent events).
+            yield compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    yield compressor.flush()
+
+
+async def _gzip_chunks_async(chunks: Any, level: int) -> Any:
+    import zlib
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    async for chunk in chunks:
+        if chunk:
+            yield compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    yield compressor.flush()
+
+
+def _as_plain_stream(response: StreamingHttpResponse) -> StreamingHttpResponse:
+    """The same response, no longer a FileResponse: a server sends a FileResponse's file
+    itself (wsgi.file_wrapper, sendfile), which would skip a changed streaming_content."""
+    if not isinstance(response, FileResponse):
+        return response
+    plain = StreamingHttpResponse.__new__(StreamingHttpResponse)
+    plain.__dict__.update(response.__dict__)
+    return plain
+
+
+class GZipMiddleware(_MiddlewareMixin):
+    """Compress text-like bodies, streaming ones too, for clients that accept gzip."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *, min_size: int = 200,
+                 compresslevel: int = 6) -> None:
+        super().__init__(get_response)
+        self.min_size = min_size
+        self.compresslevel = compresslevel
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        if (response.status_code == 206 or "Content-Encoding" in response
+                or not _compressible(response.get("Content-Type") or "")
+                or _has_directive(response.get("Cache-Control") or "", "no-transform")
+                or (not response.streaming and len(response.content) < self.min_size)):
+            return response
+        _add_vary(response, "Accept-Encoding")
+        if not _accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING", "")):
+            return response
+        if response.streaming:
+            response = self.compress_stream(response)  # type: ignore[arg-type]
+        else:
+            import zlib
+            compressor = zlib.compressobj(self.compresslevel, zlib.DEFLATED,
+                                          16 + zlib.MAX_WBITS)
+            compressed = compressor.compress(response.content) + compressor.flush()
+            if len(compressed) >= len(response.content):
+                return response
+            response.content = compressed
+            response["Content-Length"] = str(len(compressed))
+        etag = response.get("ETag")
+        if etag and etag.startswith('"'):  # the bytes differ now: only weakly the same
+            response["ETag"] = "W/" + etag
+        response["Content-Encoding"] = "gzip"
+        return response
+
+    def compress_stream(self, response: StreamingHttpResponse) -> StreamingHttpResponse:
+        response = _as_plain_stream(response)
+        del response["Content-Length"]
+        if getattr(response, "is_async", False):
+            response.streaming_content = _gzip_chunks_async(response.streaming_content,
+                                                            self.compresslevel)
+        else:
+            response.streaming_content = _gzip_chunks(response.streaming_content,
+                                                      self.compresslevel)
+        return response
+
+
+# -- batteries: conditional GET
+
+_ETAG = re.compile(r'(W/)?("[^"]*")')
+# What a 304 keeps of the 200 it replaces (RFC 9110 15.4.5).
+_NOT_MODIFIED_HEADERS = ("Cache-Control", "Content-Location", "Date", "ETag", "Expires",
+                         "Last-Modified", "Vary")
+
+
+def _etag_matches(header: str, etag: str | None, *, weak: bool) -> bool:
+    """Whether an If-Match / If-None-Match list names `etag` (RFC 9110 8.8.3.2: weak
+    comparison ignores W/, strong needs both tags strong)."""
+    if header.strip(" \t") == "*":
+        return True
+    if etag is None or (not weak and etag.startswith("W/")):
+        return False
+    target = etag.removeprefix("W/")
+    return any(opaque == target and (weak or not is_weak)
+               for is_weak, opaque in _ETAG.findall(header))
+
+
+def _conditional_status(environ: Mapping[str, Any], etag: str | None,
+                        last_modified: str | None) -> int:
+    """200, 304 or 412 for a GET or HEAD, in RFC 9110 13.2.2's order: If-Match, else
+    If-Unmodified-Since; then If-None-Match, else If-Modified-Since."""
+    def modified_after(header: str) -> bool | None:
+        since = _parse_http_date(environ.get(header) or "")
+        modified = _parse_http_date(last_modified) if last_modified else None
+        return None if since is None or modified is None else modified > since
+
+    if "HTTP_IF_MATCH" in environ:
+        if not _etag_matches(environ["HTTP_IF_MATCH"], etag, weak=False):
+            return 412
+    elif environ.get("HTTP_IF_UNMODIFIED_SINCE") and modified_after(
+            "HTTP_IF_UNMODIFIED_SINCE"):
+        return 412
+    if "HTTP_IF_NONE_MATCH" in environ:
+        return 304 if _etag_matches(environ["HTTP_IF_NONE_MATCH"], etag, weak=True) else 200
+    if environ.get("HTTP_IF_MODIFIED_SINCE") and modified_after(
+            "HTTP_IF_MODIFIED_SINCE") is False:
+        return 304
+    return 200
+
+
+class ConditionalGetMiddleware(_MiddlewareMixin):
+    """An ETag for every GET/HEAD 200 that lacks one, and 304 when the client's copy is
+    current (412 when an If-Match precondition fails)."""
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        if request.method not in ("GET", "HEAD") or response.status_code != 200:
+            return response
+        if (not response.streaming and "ETag" not in response
+                and not _has_directive(response.get("Cache-Control") or "", "no-store")):
+            import hashlib
+            response["ETag"] = f'"{hashlib.blake2b(response.content, digest_size=16).hexdigest()}"'
+        etag, last_modified = response.get("ETag"), response.get("Last-Modified")
+        if etag is None and last_modified is None:
+            return response
+        status = _conditional_status(request.environ, etag, last_modified)
+        if status == 200:
+            return response
+        answer = HttpResponse(status=status)
+        if status == 304:
+            for name in _NOT_MODIFIED_HEADERS:
+                value = response.get(name)
+                if value is not None:
+                    answer[name] = value
+        if "cookies" in response.__dict__:
+            answer.__dict__["cookies"] = response.cookies
+        answer._resource_closers = response._resource_closers  # the unsent body is released
+        return answer
+
+
+# -- batteries: security headers
+
+class SecurityMiddleware(_MiddlewareMixin):
+    """Django's SecurityMiddleware: nosniff, Referrer-Policy, Cross-Origin-Opener-Policy,
+    HSTS (over HTTPS only) and, with `ssl_redirect`, a redirect from http to https."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *, hsts_seconds: int = 0,
+                 hsts_include_subdomains: bool = False, ssl_redirect: bool = False,
+                 content_type_nosniff: bool = True,
+                 referrer_policy: str | Iterable[str] | None = "same-origin",
+                 cross_origin_opener_policy: str | None = "same-origin") -> None:
+        super().__init__(get_response)
+        self.hsts = (f"max-age={int(hsts_seconds)}"
+                     + ("; includeSubDomains" if hsts_include_subdomains else "")
+                     if hsts_seconds else None)
+        self.ssl_redirect = ssl_redirect
+        self.headers = [("X-Content-Type-Options", "nosniff" if content_type_nosniff else None),
+                        ("Referrer-Policy", referrer_policy if referrer_policy is None
+                         or isinstance(referrer_policy, str) else ", ".join(referrer_policy)),
+                        ("Cross-Origin-Opener-Policy", cross_origin_opener_policy)]
+
+    def process_request(self, request: Request) -> HttpResponse | None:
+        if not self.ssl_redirect or request.is_secure:
+            return None
+        host = request.host.removesuffix(":80")
+        location = "https://" + host + quote(request.path, safe=_PATH_SAFE)
+        if request.query_string:
+            location += "?" + request.query_string
+        # 308 keeps a POST a POST; a GET may be cached for good (301).
+        return HttpResponseRedirect(location, 301 if request.method in ("GET", "HEAD") else 308)
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        if self.hsts and request.is_secure:
+            response.setdefault("Strict-Transport-Security", self.hsts)
+        for name, value in self.headers:
+            if value:
+                response.setdefault(name, value)
+        return response
 
 
 # ---------------------------------------------------------------- test client
@@ -5207,10 +5988,13 @@ class Client:
     would."""
 
     def __init__(self, app: Callable[..., Any], *, raise_server_exceptions: bool = True,
-                 asgi: bool = False, host: str = "testserver", script_name: str = "") -> None:
+                 asgi: bool = False, host: str = "testserver", script_name: str = "",
+                 enforce_csrf_checks: bool = False) -> None:
         self.app = app
         self.asgi = asgi
         self.raise_server_exceptions = raise_server_exceptions
+        # As Django's test client: views are tested without CSRF tokens unless asked.
+        self.enforce_csrf_checks = enforce_csrf_checks
         self.host = host
         self.script_name = script_name
         self.cookies: dict[str, str] = {}
@@ -5303,6 +6087,8 @@ class Client:
             environ["CONTENT_LENGTH"] = str(len(body))
         if content_type:
             environ["CONTENT_TYPE"] = content_type
+        if not self.enforce_csrf_checks:
+            environ[_DONT_ENFORCE_CSRF] = True
         if self.cookies:
             environ["HTTP_COOKIE"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         for name, value in (headers or {}).items():
@@ -5438,6 +6224,7 @@ def _scope_from_environ(environ: dict[str, Any], kind: str = "http") -> dict[str
     full_path = environ["SCRIPT_NAME"] + environ["PATH_INFO"]
     scheme = environ["wsgi.url_scheme"]
     return {
+        _DONT_ENFORCE_CSRF: environ.get(_DONT_ENFORCE_CSRF, False),
         "type": kind, "asgi": {"version": "3.0"}, "http_version": "1.1",
         "method": environ["REQUEST_METHOD"],
         "scheme": scheme if kind == "http" else {"http": "ws", "https": "wss"}[scheme],

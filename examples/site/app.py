@@ -6,8 +6,10 @@ Run it with nothing installed but Python:  python examples/site/app.py [port]
   includes ``templates/features.html`` (blocks, a loop, an if, the date filter);
 - ``/static/...`` serves ``static/`` with ETag, Last-Modified, 304 and Range;
 - ``/download/<name>`` sends a file of ``files/`` as an attachment;
-- ``POST /hello`` stores your name in a signed cookie and redirects (POST/redirect/GET);
-  ``POST /forget`` deletes it.
+- ``POST /hello`` stores your name in a signed cookie and redirects (POST/redirect/GET)
+  with a one-time message; ``POST /forget`` deletes it;
+- the session (a signed cookie) counts your visits and carries the messages; every form
+  carries its CSRF token, so another site cannot post them for you.
 """
 
 import datetime
@@ -21,11 +23,14 @@ sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
 from microhandler import (  # noqa: E402
     App,
+    CsrfViewMiddleware,
     FileResponse,
     Http404,
     HttpResponse,
     Request,
+    SessionMiddleware,
     TemplateResponse,
+    add_message,
     redirect,
     serve,
     static,
@@ -52,6 +57,7 @@ class Site(App):
 
 app = Site(
     [static("/static", STATIC, name="static")],
+    middleware=[SessionMiddleware, CsrfViewMiddleware],
     template_dirs=[TEMPLATES],
     secret_key=SECRET_KEY,
     debug=True,
@@ -62,6 +68,10 @@ FEATURES = [
     {"name": "Static files", "text": "ETag, Last-Modified, 304 and Range requests."},
     {"name": "Downloads", "text": "FileResponse with Content-Disposition: attachment."},
     {"name": "Signed cookies", "text": "HMAC-SHA256 over the cookie's name, value and time."},
+    {"name": "Sessions and messages", "text": "a visit count and one-time messages in a "
+                                              "signed session cookie."},
+    {"name": "CSRF protection", "text": "each form carries a token; other sites' posts get "
+                                        "a 403."},
 ]
 
 
@@ -74,9 +84,11 @@ def downloads() -> list[str]:
 @app.route("/", name="index")
 def index(request: Request) -> TemplateResponse:
     name = request.get_signed_cookie(NAME_COOKIE, default=None, max_age=REMEMBER_FOR)
+    request.session["visits"] = request.session.get("visits", 0) + 1
     return TemplateResponse("index.html", {
         "title": f"Hello, {name}" if name else "microhandler site",
         "name": name,
+        "visits": request.session["visits"],
         "features": FEATURES,
         "downloads": downloads(),
     })
@@ -96,6 +108,7 @@ def hello(request: Request) -> HttpResponse:
     if name:
         response.set_signed_cookie(NAME_COOKIE, name, max_age=REMEMBER_FOR, httponly=True,
                                    samesite="Lax")
+        add_message(request, f"Nice to meet you, {name}. I will remember you.", "success")
     return response
 
 
@@ -103,6 +116,7 @@ def hello(request: Request) -> HttpResponse:
 def forget(request: Request) -> HttpResponse:
     response = redirect("index")
     response.delete_cookie(NAME_COOKIE)
+    add_message(request, "Forgotten: your name is no longer kept.")
     return response
 
 
