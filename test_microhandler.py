@@ -5814,9 +5814,12 @@ def test_wsgiref_client_gone_mid_request_is_quiet(
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_wsgiref_idle_connection_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(servers._threading_wsgi_server().handler_class, "timeout", 0.5)
-    live = start_server("wsgiref", tmp_path)
+def test_wsgiref_idle_connection_times_out(tmp_path: Path) -> None:
+    app = load_app_module(tmp_path).make_app(str(tmp_path / "events.log"))
+    server = servers.make_server(app, HOST, 0, header_timeout=0.5, keepalive_timeout=0.5)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    live = Live("wsgiref", server.port, tmp_path / "events.log", server=server, thread=thread)
     try:
         with socket.create_connection((HOST, live.port), timeout=15) as sock:
             assert sock.recv(1) == b""   # a silent client is hung up on
