@@ -702,12 +702,20 @@ class _MultipartParser:
 
     def _skip_preamble(self) -> None:
         size = -2  # the virtual CRLF
+        dash_boundary = self._delimiter[2:]
+        tail = b""   # the preamble's last bytes, where a boundary may begin
 
         def discard(data: bytes) -> None:
-            nonlocal size
+            nonlocal size, tail
             size += len(data)
             if size > _MULTIPART_MAX_PREAMBLE:
                 raise BadRequest("Multipart preamble too large.")
+            # A boundary after a bare LF or CR is no delimiter here (RFC 2046 wants CRLF) but
+            # is one to lenient parsers: read as preamble, the parts would silently vanish.
+            window = tail + data
+            if b"\n" + dash_boundary in window or b"\r" + dash_boundary in window:
+                raise BadRequest("Multipart boundary after a bare line break (CRLF expected).")
+            tail = window[-len(dash_boundary):]
 
         self._copy_until_delimiter(discard, "No multipart boundary found in the body.")
 
@@ -792,7 +800,18 @@ def _part_info(block: bytes) -> tuple[str, str | None, str, dict[str, str]]:
         raise BadRequest("Multipart part is not form-data with a name.")
     # `filename*` stays ignored, as RFC 7578 4.2 requires.
     content_type, content_params = _parse_options_header(headers.get("content-type", ""))
-    return name, params.get("filename"), content_type, content_params
+    filename = params.get("filename")
+    return (_browser_unescape(name), None if filename is None else _browser_unescape(filename),
+            content_type, content_params)
+
+
+def _browser_unescape(text: str) -> str:
+    """Undo the HTML Standard's escapes in a multipart name or filename: browsers send `"`,
+    CR and LF as %22, %0D and %0A (and a backslash as is, kept here as sent)."""
+    if "%" not in text:
+        return text
+    # A replacement yields `"`, CR or LF, which no escape contains: the order is safe.
+    return text.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
 
 
 def _parse_part_headers(block: bytes) -> dict[str, str]:
@@ -3869,7 +3888,9 @@ def _encode_multipart(data: Mapping[str, Any], files: Mapping[str, Any]) -> tupl
         out.write(b"\r\n" + payload + b"\r\n")
 
     def quoted(text: str) -> str:
-        return text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "%0D").replace(
+        # As browsers do (HTML Standard), and a backslash doubled so that one ending a name
+        # cannot escape the closing quote.
+        return text.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace(
             "\n", "%0A")
 
     for name, values in data.items():
