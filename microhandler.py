@@ -4729,10 +4729,9 @@ class _Exchange:
                 continue
             lines.append(f"{name}: {value}\r\n")
         no_body = self.head_only or code < 200 or code in (204, 304)
-        if declared is None and whole and code >= 200 and code not in (204, 304):
-            declared = len(first)
-            lines.append(f"Content-Length: {declared}\r\n")
-        elif declared is not None:
+        if declared is None and whole and not no_body:
+            declared = len(first)   # the body is one block: its length is known
+        if declared is not None:
             lines.append(f"Content-Length: {declared}\r\n")
         self.limit = 0 if no_body else declared
         # Without a length, only closing tells the client where the body ends; an unread
@@ -4907,8 +4906,8 @@ class _Connection:
         exchange.run(self.server.app, environ)
         keep = exchange.keep_alive and exchange.completed and body.drain(_DRAIN_LIMIT)
         self.linger = not keep and not body.finished
-        _server_log.info("%s %s %s %.1fms", self.log_target, exchange.status_code, exchange.sent,
-                         (time.perf_counter() - started) * 1000)
+        self.server.log.info("%s %s %s %.1fms", self.log_target, exchange.status_code,
+                             exchange.sent, (time.perf_counter() - started) * 1000)
         return keep
 
     def _body(self, environ: dict[str, Any], length: int | None) -> _RequestBody | None:
@@ -5018,8 +5017,10 @@ class _BuiltinServer(_ServerAdapter):
     is bound at construction."""
 
     def __init__(self, app: Callable[..., Any], host: str, port: int, bounds: _Bounds) -> None:
+        import logging
         import socket
         import threading
+        self.log = logging.getLogger(_server_log.name)   # PERF: not looked up per request
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         try:
