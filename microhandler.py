@@ -4138,7 +4138,6 @@ class _Bounds:
         self.max_connections = max_connections
 
 
-
 # -- servers: reading a request head from bytes, by RFC 9112's grammar
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -4156,7 +4155,6 @@ _FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([^\x00-\x08\x0a-\x1f\x7f]*)")
 _ABSOLUTE_TARGET = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][^#]*)?(?:#.*)?")
 _HOST_VALUE = re.compile(rb"[0-9A-Za-z\-._~%!$&'()*+,;=:\[\]]*")
 _HOST_TEXT = re.compile(_HOST_VALUE.pattern.decode())
-_HEAD_FIELDS_JOINED = {"HTTP_COOKIE": "; "}   # other repeated fields join with ","
 
 
 class _Refusal(Exception):
@@ -4741,6 +4739,8 @@ class _Exchange:
         self._send_lines(lines, first)
 
     def _send_lines(self, lines: list[str], first: bytes) -> None:
+        if self.limit is not None and len(first) > self.limit:
+            first = self._clip(first)   # before the Connection header is chosen
         lowered = {line[:line.index(":")].lower() for line in lines[1:]}
         if "date" not in lowered:
             lines.append(_date_header())
@@ -4750,8 +4750,6 @@ class _Exchange:
             lines.append("Connection: close\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1")
-        if self.limit is not None and len(first) > self.limit - self.sent:
-            first = self._clip(first)
         self.headers_sent = True
         self.sent += len(first)
         if len(first) <= _BODY_BLOCK:

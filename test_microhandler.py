@@ -9734,3 +9734,38 @@ def test_client_encodes_multipart_names_as_browsers_do_and_they_round_trip() -> 
                                        files={'f"\r\n': ('my "x".txt', b"data")})
     assert response.json() == {"fields": [['a"b\nc', "1"], ["back\\", "2"]],
                                "files": [['f"\r\n', 'my "x".txt', 4]]}
+
+
+def test_strict_server_frames_what_any_wsgi_app_answers(caplog: pytest.LogCaptureFixture) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ["PATH_INFO"]
+        if path == "/boom":
+            raise RuntimeError("boom")
+        if path == "/hop":
+            start_response("200 OK", [("Transfer-Encoding", "chunked")])
+            return [b"x"]
+        if path == "/long":
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"abc", b"def"]
+        start_response("200 OK", [])
+        return iter([b"", b"gen", b"erated"])   # no length: ends with the connection
+
+    httpd = mh.make_server(app, HOST, 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="microhandler.server"):
+            for path in ("/boom", "/hop"):
+                reply = send_raw(httpd.port, b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+                assert (reply.status, reply.closed) == (500, True)
+                assert reply.headers["content-length"] == str(len(reply.body))
+        assert len([r for r in caplog.records if "error while serving" in r.getMessage()]) == 2
+        reply = send_raw(httpd.port, b"GET /long HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (reply.status, reply.body, reply.closed) == (200, b"ab", True)   # clipped
+        reply = send_raw(httpd.port, b"GET /gen HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (reply.body, reply.closed) == (b"generated", True)
+        reply = send_raw(httpd.port, b"HEAD /gen HTTP/1.1\r\nHost: t\r\n\r\n", method="HEAD")
+        assert reply.body == b"" and "content-length" not in reply.headers
+    finally:
+        httpd.shutdown()
+        thread.join(15)
