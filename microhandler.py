@@ -4395,11 +4395,17 @@ class _RequestBody:
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
 
+    def can_drain(self, limit: int) -> bool:
+        """True when the unread rest of the body can be read and dropped to keep the
+        connection: it fits, and the client is not waiting for a "100 Continue" first."""
+        if self.finished:
+            return True
+        return not self.broken and self.on_first_read is None and self.unread_fits(limit)
+
     def drain(self, limit: int) -> bool:
         """Read and drop up to `limit` unread bytes; True when the body is then finished."""
-        if self.broken or not self.unread_fits(limit):
+        if not self.can_drain(limit):
             return False
-        self.on_first_read = None   # the app did not want the body: no "100 Continue"
         try:
             while limit >= 0:
                 block = self._read_block(_BODY_BLOCK)
@@ -4734,7 +4740,7 @@ class _Exchange:
         self.limit = 0 if no_body else declared
         # Without a length, only closing tells the client where the body ends; an unread
         # body too large to drain also ends the connection.
-        if self.limit is None or not self.body.unread_fits(_DRAIN_LIMIT):
+        if self.limit is None or not self.body.can_drain(_DRAIN_LIMIT):
             self.keep_alive = False
         self._send_lines(lines, first)
 

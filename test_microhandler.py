@@ -9557,6 +9557,9 @@ def test_strict_server_expect_100_continue_and_file_wrapper(tmp_path: Path) -> N
         if environ["PATH_INFO"] == "/file":
             start_response("200 OK", [("Content-Length", str(len(data)))])
             return environ["wsgi.file_wrapper"](open(tmp_path / "blob", "rb"))
+        if environ["PATH_INFO"] == "/reject":   # answers without reading the body
+            start_response("413 Content Too Large", [("Content-Length", "0")])
+            return []
         body = environ["wsgi.input"].read()
         start_response("200 OK", [("Content-Length", str(len(body)))])
         return [body]
@@ -9579,6 +9582,12 @@ def test_strict_server_expect_100_continue_and_file_wrapper(tmp_path: Path) -> N
             assert response.read() == data
         assert send_raw(httpd.port, b"POST / HTTP/1.1\r\nHost: t\r\nExpect: teapot\r\n"
                                     b"Content-Length: 0\r\n\r\n").status == 417
+        # Refused before the body was asked for: no "100 Continue", no wait for the body.
+        with socket.create_connection((HOST, httpd.port), timeout=10) as sock:
+            sock.sendall(b"POST /reject HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                         b"Content-Length: 5000\r\n\r\n")
+            reply = read_until_closed(sock)
+        assert reply.startswith(b"HTTP/1.1 413 ") and b"Connection: close\r\n" in reply
     finally:
         httpd.shutdown()
         thread.join(15)
