@@ -4868,23 +4868,25 @@ class _Connection:
             self.sock.close()
 
     def _serve_requests(self) -> None:
+        import time
         bounds = self.server.bounds
-        wait = bounds.header_timeout   # a new client connected to send a request
+        wait = bounds.header_timeout   # a new client connected to send a request...
+        due: float | None = time.monotonic() + bounds.header_timeout   # ...due by then
         while self.server.enter_idle(self):
             if not self.reader.wait_for_data(wait) or not self.server.leave_idle(self):
                 return   # silent, gone, or closed to make room for a new client
             try:
-                if not self._serve_one(bounds):
+                if not self._serve_one(bounds, due):
                     return
             finally:
                 self.server.done(self)
-            wait = bounds.keepalive_timeout
+            wait, due = bounds.keepalive_timeout, None   # then from each first byte
 
-    def _serve_one(self, bounds: _Bounds) -> bool:
+    def _serve_one(self, bounds: _Bounds, due: float | None) -> bool:
         """Read one request and answer it; True when the connection can carry another."""
         import time
         started = time.perf_counter()
-        self.reader.deadline = time.monotonic() + bounds.header_timeout
+        self.reader.deadline = due or time.monotonic() + bounds.header_timeout
         try:
             head = _read_head(self.reader, bounds)
             environ, length = _request_environ(head, self.server.base_environ)
