@@ -775,12 +775,20 @@ class _MultipartParser:
 
     def _skip_preamble(self) -> None:
         size = -2  # the virtual CRLF
+        dash_boundary = self._delimiter[2:]
+        tail = b""   # the preamble's last bytes, where a boundary may begin
 
         def discard(data: bytes) -> None:
-            nonlocal size
+            nonlocal size, tail
             size += len(data)
             if size > _MULTIPART_MAX_PREAMBLE:
                 raise BadRequest("Multipart preamble too large.")
+            # A boundary after a bare LF or CR is no delimiter here (RFC 2046 wants CRLF) but
+            # is one to lenient parsers: read as preamble, the parts would silently vanish.
+            window = tail + data
+            if b"\n" + dash_boundary in window or b"\r" + dash_boundary in window:
+                raise BadRequest("Multipart boundary after a bare line break (CRLF expected).")
+            tail = window[-len(dash_boundary):]
 
         self._copy_until_delimiter(discard, "No multipart boundary found in the body.")
 
@@ -865,7 +873,18 @@ def _part_info(block: bytes) -> tuple[str, str | None, str, dict[str, str]]:
         raise BadRequest("Multipart part is not form-data with a name.")
     # `filename*` stays ignored, as RFC 7578 4.2 requires.
     content_type, content_params = _parse_options_header(headers.get("content-type", ""))
-    return name, params.get("filename"), content_type, content_params
+    filename = params.get("filename")
+    return (_browser_unescape(name), None if filename is None else _browser_unescape(filename),
+            content_type, content_params)
+
+
+def _browser_unescape(text: str) -> str:
+    """Undo the HTML Standard's escapes in a multipart name or filename: browsers send `"`,
+    CR and LF as %22, %0D and %0A (and a backslash as is, kept here as sent)."""
+    if "%" not in text:
+        return text
+    # A replacement yields `"`, CR or LF, which no escape contains: the order is safe.
+    return text.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
 
 
 def _parse_part_headers(block: bytes) -> dict[str, str]:
@@ -5950,7 +5969,9 @@ def _encode_multipart(data: Mapping[str, Any], files: Mapping[str, Any]) -> tupl
         out.write(b"\r\n" + payload + b"\r\n")
 
     def quoted(text: str) -> str:
-        return text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "%0D").replace(
+        # As browsers do (HTML Standard), and a backslash doubled so that one ending a name
+        # cannot escape the closing quote.
+        return text.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace(
             "\n", "%0A")
 
     for name, values in data.items():
@@ -6349,21 +6370,217 @@ class _ServerNotInstalled(ImportError):
     """The chosen server's package is missing; the message says how to install it."""
 
 
-# -- servers: request bodies for the wsgiref server
+# -- servers: the built-in server's bounds
 
-_BODY_BLOCK = 64 * 1024
+_MAX_REQUEST_LINE = 8 * 1024     # 414 past it
+_MAX_HEADER_BYTES = 64 * 1024    # the header section; 431 past it
+_MAX_HEADER_FIELDS = 100         # 431 past it
+_HEADER_TIMEOUT = 10.0           # the whole header section must arrive within this (408)
+_KEEPALIVE_TIMEOUT = 5.0         # an idle keep-alive connection is closed after this
+_MAX_CONNECTIONS = 100           # beyond: new connections wait in the listen backlog
+_IO_TIMEOUT = 30.0               # one read of a body, or one write of a response, waits this long
+_LISTEN_BACKLOG = 128
+_ACCEPT_POLL = 0.2               # how often the accepting loop looks at its stop flag
+_BODY_BLOCK = 64 * 1024          # the most read from a socket, or handed to wsgi.input, at once
+_MAX_BLANK_LINES = 8             # CRLFs ignored before a request line (RFC 9112 2.2)
+
+
+class _Bounds:
+    """The built-in server's limits (keyword options of make_server() and serve())."""
+
+    def __init__(self, *, max_request_line: int = _MAX_REQUEST_LINE,
+                 max_header_bytes: int = _MAX_HEADER_BYTES,
+                 max_header_fields: int = _MAX_HEADER_FIELDS,
+                 header_timeout: float = _HEADER_TIMEOUT,
+                 keepalive_timeout: float = _KEEPALIVE_TIMEOUT,
+                 max_connections: int = _MAX_CONNECTIONS) -> None:
+        for name, value in (("max_request_line", max_request_line),
+                            ("max_header_bytes", max_header_bytes),
+                            ("max_header_fields", max_header_fields),
+                            ("header_timeout", header_timeout),
+                            ("keepalive_timeout", keepalive_timeout),
+                            ("max_connections", max_connections)):
+            if not value > 0:
+                raise ValueError(f"{name} must be more than 0, not {value!r}")
+        self.max_request_line = max_request_line
+        self.max_header_bytes = max_header_bytes
+        self.max_header_fields = max_header_fields
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_connections = max_connections
+
+
+# -- servers: reading a request head from bytes, by RFC 9112's grammar
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# request-line = method SP request-target SP HTTP-version, single spaces only: no other
+# byte (\x85, \xa0, \x0b, \x1c...) separates the parts, so a proxy and this server cannot
+# read two different targets out of one line. A target's raw non-ASCII bytes are kept
+# (PEP 3333 hands them on as latin-1); controls, spaces and DEL are not URI characters.
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e\x80-\xff]+) (HTTP/[0-9]\.[0-9])")
+_SERVED_VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
+# field-line = field-name ":" OWS field-value OWS. A bare CR or LF, NUL or another control
+# character, a space before the colon or a folded line (obs-fold) is read differently by
+# different parsers, which is how a request is smuggled past a proxy: all are refused.
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([^\x00-\x08\x0a-\x1f\x7f]*)")
+# absolute-form: served by its path; its authority replaces Host (RFC 9112 3.2.2).
+_ABSOLUTE_TARGET = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][^#]*)?(?:#.*)?")
+_HOST_VALUE = re.compile(rb"[0-9A-Za-z\-._~%!$&'()*+,;=:\[\]]*")
+_HOST_TEXT = re.compile(_HOST_VALUE.pattern.decode())
+
+
+class _Refusal(Exception):
+    """A request the server answers itself, with `status`, then closes the connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _SocketReader:
+    """Buffered reads from a client socket: head lines, then body blocks, never past what
+    the current request needs (the rest stays for the next request)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+        self.deadline: float | None = None   # set while a head is read: the header timeout
+
+    def has_data(self) -> bool:
+        return self._pos < len(self._buf)
+
+    def _recv(self) -> bool:
+        """Append what the socket has; False at EOF. TimeoutError past the deadline."""
+        if self.deadline is not None:
+            import time
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the header section took too long")
+            self._sock.settimeout(left)
+        data = self._sock.recv(_BODY_BLOCK)
+        if not data:
+            return False
+        self._buf = self._buf[self._pos:] + data if self._pos < len(self._buf) else data
+        self._pos = 0
+        return True
+
+    def wait_for_data(self, timeout: float) -> bool:
+        """Wait up to `timeout` for a request's first byte; False when none came."""
+        if self.has_data():
+            return True
+        self._sock.settimeout(timeout)
+        try:
+            return self._recv()
+        except OSError:   # timed out, reset, or shut down by the server to evict us
+            return False
+
+    def read_line(self, limit: int) -> bytes | None:
+        """The next line with its line ending (check it: it may be a bare LF); None when
+        longer than `limit` bytes before its CRLF. The client leaving raises ConnectionError."""
+        start = self._pos
+        while True:
+            end = self._buf.find(b"\n", start, self._pos + limit + 2)
+            if end >= 0:
+                line = self._buf[self._pos:end + 1]
+                self._pos = end + 1
+                return line
+            scanned = len(self._buf) - self._pos
+            if scanned > limit + 1:
+                return None
+            if not self._recv():
+                raise _client_gone()
+            start = self._pos + scanned   # each byte is searched once
+
+    def read1(self, size: int) -> bytes:
+        """Up to `size` bytes (at least one); b"" at EOF."""
+        if self._pos >= len(self._buf) and not self._recv():
+            return b""
+        block = self._buf[self._pos:self._pos + size]
+        self._pos += len(block)
+        return block
+
+    def read_exactly(self, size: int) -> bytes:
+        parts, left = [], size
+        while left and (block := self.read1(left)):
+            parts.append(block)
+            left -= len(block)
+        return b"".join(parts)
+
+
+class _RequestHead:
+    """A request line and its header fields, as read: names lowercased, values raw bytes."""
+
+    __slots__ = ("fields", "method", "target", "version")
+
+    def __init__(self, method: str, target: bytes, version: str,
+                 fields: list[tuple[bytes, bytes]]) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.fields = fields
+
+
+def _read_head(reader: _SocketReader, bounds: _Bounds) -> _RequestHead:
+    """Read one request head; _Refusal when it cannot be read one way only."""
+    method, target, version = _parse_request_line(_read_request_line(reader, bounds))
+    return _RequestHead(method, target, version, _read_fields(reader, bounds))
+
+
+def _read_request_line(reader: _SocketReader, bounds: _Bounds) -> bytes:
+    for _ in range(_MAX_BLANK_LINES + 1):
+        line = reader.read_line(bounds.max_request_line)
+        if line is None:
+            raise _Refusal(414, f"the request line is longer than {bounds.max_request_line} bytes")
+        if not line.endswith(b"\r\n"):
+            raise _Refusal(400, "the request line does not end with CRLF")
+        if line != b"\r\n":   # RFC 9112 2.2: empty lines before a request line are ignored
+            return line[:-2]
+    raise _Refusal(400, "too many empty lines before the request line")
+
+
+def _parse_request_line(line: bytes) -> tuple[str, bytes, str]:
+    found = _REQUEST_LINE.fullmatch(line)
+    if found is None:
+        raise _Refusal(400, "the request line is not `method SP target SP HTTP/1.x`")
+    method, target, version = found.groups()
+    served = _SERVED_VERSIONS.get(version)
+    if served is None:
+        raise _Refusal(505, f"{version.decode()} is not served: use HTTP/1.1 or HTTP/1.0")
+    return method.decode("ascii"), target, served
+
+
+def _read_fields(reader: _SocketReader, bounds: _Bounds) -> list[tuple[bytes, bytes]]:
+    fields: list[tuple[bytes, bytes]] = []
+    budget = bounds.max_header_bytes
+    while True:
+        line = reader.read_line(budget)
+        if line is None or len(line) > budget:
+            raise _Refusal(431, f"the header section passes {bounds.max_header_bytes} bytes")
+        budget -= len(line)
+        if line == b"\r\n":
+            return fields
+        found = _FIELD_LINE.fullmatch(line, 0, len(line) - 2)
+        if found is None or not line.endswith(b"\r\n"):
+            raise _Refusal(400, "malformed header line")
+        if len(fields) == bounds.max_header_fields:
+            raise _Refusal(431, f"more than {bounds.max_header_fields} header fields")
+        fields.append((found.group(1).lower(), found.group(2).strip(b" \t")))
+
+
+# -- servers: request bodies for the built-in server
+
 _DRAIN_LIMIT = 64 * 1024   # unread body bytes swallowed to keep a connection alive
 _LINGER_SECONDS = 2.0      # reading time granted to a client still sending when we hang up
 _CHUNK_LINE_LIMIT = 4096
 _TRAILER_LINE_LIMIT = 32
-_CHUNK_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-# The size, then extensions `;name[=token|"quoted"]`, checked too (they are ignored, but a
-# CR or NUL in them is read differently by a proxy).
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _CHUNK_TOKEN
-                         + rb"(?:[ \t]*=[ \t]*(?:" + _CHUNK_TOKEN
-                         + rb'|"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"))?)*'
-                         + rb"[ \t]*")
-_LENGTH_DIGITS = re.compile(r"[0-9]{1,18}")
+# RFC 9112 7.1: chunk-size [ chunk-ext ] CRLF, chunk-ext = *( BWS ";" BWS name [ BWS "="
+# BWS ( token / quoted-string ) ] ). The extensions are ignored but checked: a CR or NUL in
+# one is read differently by a proxy. Nothing else (no trailing space) may follow the size.
+_QUOTED_STRING = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"'
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN
+                         + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?)*")
 
 
 class _BadChunk(ValueError):
@@ -6377,10 +6594,11 @@ def _client_gone() -> ConnectionResetError:
 class _RequestBody:
     """`wsgi.input` for one request: reads stop at the end of the body, never past it."""
 
-    def __init__(self, rfile: Any) -> None:
-        self._rfile = rfile
+    def __init__(self, reader: _SocketReader) -> None:
+        self._reader = reader
         self._pending = b""    # bytes readline() read past a newline; served first
         self.broken = False    # a read failed: the connection is at an unknown position
+        self.on_first_read: Callable[[], None] | None = None   # sends "100 Continue"
 
     @property
     def finished(self) -> bool:
@@ -6399,6 +6617,9 @@ class _RequestBody:
         if self._pending:
             block, self._pending = self._pending[:size], self._pending[size:]
             return block
+        if self.on_first_read is not None:
+            send_continue, self.on_first_read = self.on_first_read, None
+            send_continue()
         try:
             return self._next_block(size)
         except (OSError, ValueError):
@@ -6446,9 +6667,16 @@ class _RequestBody:
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
 
+    def can_drain(self, limit: int) -> bool:
+        """True when the unread rest of the body can be read and dropped to keep the
+        connection: it fits, and the client is not waiting for a "100 Continue" first."""
+        if self.finished:
+            return True
+        return not self.broken and self.on_first_read is None and self.unread_fits(limit)
+
     def drain(self, limit: int) -> bool:
         """Read and drop up to `limit` unread bytes; True when the body is then finished."""
-        if self.broken or not self.unread_fits(limit):
+        if not self.can_drain(limit):
             return False
         try:
             while limit >= 0:
@@ -6464,8 +6692,8 @@ class _RequestBody:
 class _LengthBody(_RequestBody):
     """A body of Content-Length bytes (0 when the request has no body)."""
 
-    def __init__(self, rfile: Any, length: int) -> None:
-        super().__init__(rfile)
+    def __init__(self, reader: _SocketReader, length: int) -> None:
+        super().__init__(reader)
         self._left = length
 
     @property
@@ -6479,7 +6707,7 @@ class _LengthBody(_RequestBody):
         size = min(size, self._left)
         if size <= 0:
             return b""
-        block: bytes = self._rfile.read1(size)
+        block: bytes = self._reader.read1(size)
         if not block:
             raise _client_gone()
         self._left -= len(block)
@@ -6487,10 +6715,10 @@ class _LengthBody(_RequestBody):
 
 
 class _ChunkedBody(_RequestBody):
-    """A `Transfer-Encoding: chunked` body, decoded; trailers are read and ignored."""
+    """A `Transfer-Encoding: chunked` body, decoded; trailers are checked and ignored."""
 
-    def __init__(self, rfile: Any) -> None:
-        super().__init__(rfile)
+    def __init__(self, reader: _SocketReader) -> None:
+        super().__init__(reader)
         self._chunk_left = 0
         self.done = False
 
@@ -6510,21 +6738,19 @@ class _ChunkedBody(_RequestBody):
                 self._skip_trailers()
                 self.done = True
                 return b""
-        block: bytes = self._rfile.read1(min(size, self._chunk_left))
+        block: bytes = self._reader.read1(min(size, self._chunk_left))
         if not block:
             raise _client_gone()
         self._chunk_left -= len(block)
-        if self._chunk_left == 0 and self._rfile.read(2) != b"\r\n":
+        if self._chunk_left == 0 and self._reader.read_exactly(2) != b"\r\n":
             raise _BadChunk("chunk data is not followed by CRLF")
         return block
 
     def _read_line(self) -> bytes:
-        line = self._rfile.readline(_CHUNK_LINE_LIMIT + 1)
-        if not line:
-            raise _client_gone()
-        if not line.endswith(b"\r\n"):
+        line = self._reader.read_line(_CHUNK_LINE_LIMIT)
+        if line is None or not line.endswith(b"\r\n"):
             raise _BadChunk("chunk line too long or not ended by CRLF")
-        return bytes(line[:-2])
+        return line[:-2]
 
     def _read_chunk_size(self) -> int:
         line = self._read_line()
@@ -6535,48 +6761,338 @@ class _ChunkedBody(_RequestBody):
 
     def _skip_trailers(self) -> None:
         for _ in range(_TRAILER_LINE_LIMIT):
-            if not self._read_line():
+            line = self._read_line()
+            if not line:
                 return
+            if not _FIELD_LINE.fullmatch(line):
+                raise _BadChunk("malformed trailer field line")
         raise _BadChunk("too many trailer lines")
 
 
-# -- servers: the threaded wsgiref server
+# -- servers: from a request head to a WSGI environ
 
-# A header line is `token ":" value CRLF`. A bare CR or LF, NUL or another control character,
-# a space before the colon or a folded line is read differently by different parsers, which
-# is how a request is smuggled past a proxy: all are refused.
-_HEADER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n")
-
-
-class _BadHeaderLine(ValueError):
-    """A request header line that is not `token ":" value CRLF`."""
+_SINGLE_FIELDS = frozenset({"HTTP_HOST", "CONTENT_TYPE"})   # given twice: 400
+_FIELD_KEYS: dict[bytes, str | None] = {}   # b"user-agent" -> "HTTP_USER_AGENT"
+_LENGTH_TEXT = re.compile(r"[0-9]{1,18}")
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                         "te", "trailer", "transfer-encoding", "upgrade"})
 
 
-class _StrictHeaderLines:
-    """The connection's reader as http.client.parse_headers() sees it, checking each line."""
+def _field_key(name: bytes) -> str | None:
+    """The environ key of a header field; None for a name with `_`.
 
-    def __init__(self, rfile: Any) -> None:
-        self._rfile = rfile
+    "X-User_Id" would become HTTP_X_USER_ID just like "X-User-Id", and so could pose as a
+    header that a trusted proxy sets; nginx, gunicorn and waitress drop such names too.
+    """
+    key = _FIELD_KEYS.get(name, "")
+    if key != "":
+        return key
+    text = name.decode("ascii").upper()
+    if "_" in text:
+        key = None
+    elif text in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+        key = text.replace("-", "_")
+    else:
+        key = "HTTP_" + text.replace("-", "_")
+    if len(_FIELD_KEYS) < 1000:   # clients choose names: the cache stays bounded
+        _FIELD_KEYS[name] = key
+    return key
 
-    def readline(self, limit: int = -1) -> bytes:
-        line: bytes = self._rfile.readline(limit)
-        if line in (b"\r\n", b"") or _HEADER_LINE.fullmatch(line):
-            return line
-        raise _BadHeaderLine(line[:40])
+
+def _fields_environ(fields: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """HTTP_* (and CONTENT_*) entries; repeated fields joined, Host or Content-Type twice: 400."""
+    found: dict[str, str] = {}
+    for name, value in fields:
+        key = _field_key(name)
+        if key is None:
+            continue
+        text = value.decode("latin-1")
+        previous = found.get(key)
+        if previous is None:
+            found[key] = text
+        elif key in _SINGLE_FIELDS:
+            raise _Refusal(400, f"{name.decode()} is given twice")
+        elif key == "CONTENT_LENGTH":
+            if previous != text:
+                raise _Refusal(400, "two Content-Length fields differ")
+        else:   # RFC 9110 5.3: a list field; cookies are joined as one Cookie header reads
+            found[key] = previous + ("; " if key == "HTTP_COOKIE" else ",") + text
+    return found
 
 
-def _declared_length(value: str | None) -> int | None:
-    if value is None or not _LENGTH_DIGITS.fullmatch(value.strip()):
+def _split_target(method: str, target: bytes) -> tuple[str, str, str | None]:
+    """(PATH_INFO, QUERY_STRING, the authority of an absolute-form target or None)."""
+    authority = None
+    if target[:1] != b"/":
+        if target == b"*":
+            if method != "OPTIONS":
+                raise _Refusal(400, "the target * is for OPTIONS only")
+            return "*", "", None
+        found = _ABSOLUTE_TARGET.fullmatch(target)
+        if found is None or not _HOST_VALUE.fullmatch(found.group(1)):
+            raise _Refusal(400, "the request target is not a path or an http(s) URL")
+        authority = found.group(1).decode("ascii")
+        target = found.group(2) or b"/"
+    path, _, query = target.partition(b"#")[0].partition(b"?")
+    path = unquote_to_bytes(path) if b"%" in path else path
+    return (path or b"/").decode("latin-1"), query.decode("latin-1"), authority
+
+
+def _body_framing(environ: dict[str, str], version: str) -> int | None:
+    """The body's length, or None when it is chunked; _Refusal for any ambiguous framing."""
+    codings = environ.pop("HTTP_TRANSFER_ENCODING", None)
+    length = environ.get("CONTENT_LENGTH")
+    if codings is not None:
+        # Both framings at once, or chunked on HTTP/1.0, is how requests are smuggled past
+        # a proxy that reads the other framing (RFC 9112 6.1).
+        if length is not None or version != "HTTP/1.1":
+            raise _Refusal(400, "ambiguous body framing: Transfer-Encoding with Content-Length "
+                                "or on HTTP/1.0")
+        if [coding.strip(" \t").lower() for coding in codings.split(",")] != ["chunked"]:
+            raise _Refusal(501, "only the chunked transfer coding is implemented")
+        environ["CONTENT_LENGTH"] = ""
         return None
-    return int(value)
+    if length is None:
+        environ["CONTENT_LENGTH"] = ""
+        return 0
+    if not _LENGTH_TEXT.fullmatch(length):
+        raise _Refusal(400, "Content-Length is not a number")
+    environ["CONTENT_LENGTH"] = str(int(length))
+    return int(length)
 
 
-def _drop_underscore_headers(headers: Any) -> None:
-    # "X-User_Id" would become HTTP_X_USER_ID just like "X-User-Id", and so could pose as a
-    # header that a trusted proxy sets; nginx, gunicorn and waitress drop such names too.
-    for name in {name for name in headers if "_" in name}:
-        del headers[name]
+def _request_environ(head: _RequestHead, base: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """The request's environ (wsgi.input aside) and its body length (None: chunked)."""
+    fields = _fields_environ(head.fields)
+    host = fields.get("HTTP_HOST")
+    if host is None and head.version == "HTTP/1.1":
+        raise _Refusal(400, "an HTTP/1.1 request needs a Host header")
+    if host is not None and not _HOST_TEXT.fullmatch(host):
+        raise _Refusal(400, "malformed Host header")
+    path, query, authority = _split_target(head.method, head.target)
+    if authority is not None:
+        fields["HTTP_HOST"] = authority   # RFC 9112 3.2.2: the target's authority wins
+    length = _body_framing(fields, head.version)
+    environ = base.copy()
+    environ.update(fields)
+    environ["REQUEST_METHOD"] = head.method
+    environ["PATH_INFO"] = path
+    environ["QUERY_STRING"] = query
+    environ["SERVER_PROTOCOL"] = head.version
+    return environ, length
 
+
+def _wants_keep_alive(environ: dict[str, Any]) -> bool:
+    if environ["SERVER_PROTOCOL"] != "HTTP/1.1":
+        return False   # HTTP/1.0 keep-alive needs headers of its own: not worth it
+    tokens = environ.get("HTTP_CONNECTION")
+    return tokens is None or "close" not in [t.strip(" \t").lower() for t in tokens.split(",")]
+
+
+class _FileWrapper:
+    """wsgi.file_wrapper: the file's blocks; the server uses sendfile() when it can."""
+
+    def __init__(self, filelike: Any, block_size: int = 64 * 1024) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(lambda: self.filelike.read(self.block_size), b"")
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+# -- servers: running the app for one request
+
+_STATUS_TEXT = re.compile(r"[1-9][0-9][0-9] [^\x00-\x1f\x7f]*")
+_RESPONSE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_RESPONSE_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_SERVER_SOFTWARE = f"microhandler Python/{sys.version.split(' ', 1)[0]}"
+_date_cache: list[Any] = [0, ""]
+
+
+def _date_header() -> str:
+    import time
+    now = int(time.time())
+    if _date_cache[0] != now:   # formatting a date costs more than the rest of the head
+        _date_cache[:] = [now, f"Date: {_http_date(now)}\r\n"]
+    return str(_date_cache[1])
+
+
+def _check_response_head(status: str, headers: list[tuple[str, str]]) -> None:
+    """Refuse what would break the framing or split the response (PEP 3333's rules)."""
+    if not isinstance(status, str) or not _STATUS_TEXT.fullmatch(status):
+        raise ValueError(f"malformed WSGI status {status!r}")
+    for name, value in headers:
+        if (not isinstance(name, str) or not isinstance(value, str)
+                or not _RESPONSE_NAME.fullmatch(name) or _RESPONSE_VALUE_BAD.search(value)):
+            raise ValueError(f"malformed response header {name!r}: {value!r}")
+        if name.lower() in _HOP_BY_HOP and name.lower() != "connection":
+            raise ValueError(f"a WSGI app must not set the hop-by-hop header {name!r}")
+
+
+class _Exchange:
+    """One request: runs the app, frames its response for keep-alive, counts what was sent."""
+
+    def __init__(self, conn: _Connection, environ: dict[str, Any], body: _RequestBody) -> None:
+        self.conn = conn
+        self.body = body
+        self.head_only = environ["REQUEST_METHOD"] == "HEAD"
+        self.keep_alive = _wants_keep_alive(environ) and not conn.server.closing
+        self.status = ""
+        self.headers: list[tuple[str, str]] = []
+        self.headers_sent = False
+        self.limit: int | None = None   # body bytes the client will read; None: until close
+        self.sent = 0
+        self.status_code = "-"
+        self.completed = False   # the whole response went out and the app's close() ran
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status:
+            raise RuntimeError("start_response() called twice without exc_info")
+        headers = list(headers)
+        _check_response_head(status, headers)
+        self.status, self.headers = status, headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """Send a block of the body (the headers go out with the first one)."""
+        if not self.headers_sent:
+            self._send_head(data, whole=False)
+            return
+        if self.limit is not None and self.sent + len(data) > self.limit:
+            data = self._clip(data)
+        if data:
+            self.conn.send(data)
+            self.sent += len(data)
+
+    def _clip(self, data: bytes) -> bytes:
+        """Drop what the client will not read: HEAD/204/304 bodies, bytes past Content-Length."""
+        assert self.limit is not None
+        if self.limit and self.keep_alive:
+            _server_log.warning("%s: the response is longer than its Content-Length; truncated",
+                                self.conn.log_target)
+            self.keep_alive = False
+        return data[:max(self.limit - self.sent, 0)]
+
+    def _send_head(self, first: bytes, *, whole: bool) -> None:
+        """Send the status line and headers, with `first` (the whole body when `whole`)."""
+        if not self.status:
+            raise RuntimeError("the WSGI app sent a body before calling start_response()")
+        code = int(self.status[:3])
+        self.status_code = str(code)
+        lines = [f"HTTP/1.1 {self.status}\r\n"]
+        declared = None
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == "content-length":
+                if code < 200 or code == 204:
+                    continue   # RFC 9110 forbids it there
+                declared = int(value) if _LENGTH_TEXT.fullmatch(value) else None
+                continue
+            if lower == "connection":
+                self.keep_alive = self.keep_alive and "close" not in value.lower()
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        no_body = self.head_only or code < 200 or code in (204, 304)
+        if declared is None and whole and not no_body:
+            declared = len(first)   # the body is one block: its length is known
+        if declared is not None:
+            lines.append(f"Content-Length: {declared}\r\n")
+        self.limit = 0 if no_body else declared
+        # Without a length, only closing tells the client where the body ends; an unread
+        # body too large to drain also ends the connection.
+        if self.limit is None or not self.body.can_drain(_DRAIN_LIMIT):
+            self.keep_alive = False
+        self._send_lines(lines, first)
+
+    def _send_lines(self, lines: list[str], first: bytes) -> None:
+        if self.limit is not None and len(first) > self.limit:
+            first = self._clip(first)   # before the Connection header is chosen
+        lowered = {line[:line.index(":")].lower() for line in lines[1:]}
+        if "date" not in lowered:
+            lines.append(_date_header())
+        if "server" not in lowered:
+            lines.append(f"Server: {_SERVER_SOFTWARE}\r\n")
+        if not self.keep_alive:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1")
+        self.headers_sent = True
+        self.sent += len(first)
+        if len(first) <= _BODY_BLOCK:
+            self.conn.send(head + first)   # one packet for a small response
+        else:
+            self.conn.send(head)
+            self.conn.send(first)
+
+    def run(self, app: Callable[..., Any], environ: dict[str, Any]) -> None:
+        """Call the app and send its response; errors are logged and end the connection."""
+        result: Any = None
+        try:
+            result = app(environ, self.start_response)
+            if isinstance(result, _FileWrapper) and self._send_file(result):
+                pass
+            else:
+                self._send_body(result)
+            self._close(result)
+            result = None
+            self.completed = True
+        except (ConnectionError, TimeoutError):   # the client left or stopped reading
+            self.keep_alive = False
+        except Exception:
+            _server_log.exception("error while serving %s", self.conn.log_target)
+            self.keep_alive = False
+            if not self.headers_sent:
+                self.conn.send_error_response(500, "the application raised an error")
+                self.status_code = "500"
+        finally:
+            if result is not None:
+                self._close(result)
+        if self.limit is not None and self.sent < self.limit and not self.head_only:
+            self.keep_alive = False   # the client still waits for the missing bytes
+
+    def _send_body(self, result: Iterable[bytes]) -> None:
+        whole = isinstance(result, (list, tuple)) and len(result) <= 1
+        for data in result:
+            if self.headers_sent:
+                self.write(data)
+            elif data:   # PEP 3333: the headers wait for the first non-empty block
+                self._send_head(data, whole=whole)
+        if not self.headers_sent:
+            self._send_head(b"", whole=True)
+
+    def _send_file(self, wrapper: _FileWrapper) -> bool:
+        """Send a file_wrapper's file with sendfile(); False when its length is unknown."""
+        self._send_head(b"", whole=False)
+        if self.limit is None:
+            return False
+        left = self.limit - self.sent
+        if left > 0:
+            self.sent += self.conn.send_file(wrapper.filelike, left)
+        return True
+
+    def _close(self, result: Any) -> None:
+        close = getattr(result, "close", None)
+        if close is None:
+            return
+        try:
+            close()   # the framework's request_finished
+        except Exception:
+            _server_log.exception("error closing the response of %s", self.conn.log_target)
+
+
+# -- servers: one connection, many requests
 
 def _linger_close(sock: socket.socket) -> None:
     """Half-close, then read what the client still sends (bounded in time).
@@ -6597,312 +7113,109 @@ def _linger_close(sock: socket.socket) -> None:
         pass
 
 
-_wsgiref_server_class: Any = None
+class _Connection:
+    """A client's connection: reads requests one after the other, keep-alive between them."""
 
+    def __init__(self, server: _BuiltinServer, sock: socket.socket, address: Any) -> None:
+        self.server = server
+        self.sock = sock
+        self.client = str(address[0]) if isinstance(address, tuple) else "-"
+        self.reader = _SocketReader(sock)
+        self.log_target = "-"
+        self.linger = False   # close gently: the client may still be sending
+        self.evicted = False  # closed by the server to make room for a new client
 
-def _threading_wsgi_server() -> Any:
-    """The threaded wsgiref server class, built on first use: wsgiref, http.server and
-    socketserver cost over 20 ms to import, which a request handler never needs."""
-    global _wsgiref_server_class
-    if _wsgiref_server_class is not None:
-        return _wsgiref_server_class
-    import socket
-    import socketserver
-    import threading
-    import time
-    from http import HTTPStatus
-    from wsgiref.handlers import SimpleHandler
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+    def serve(self) -> None:
+        """Serve requests until either side ends the connection, then close it."""
+        try:
+            self._serve_requests()
+        except OSError as exc:   # the client left or went silent mid-request
+            _server_log.debug("connection from %s ended: %r", self.client, exc)
+        except Exception:
+            _server_log.exception("unexpected error on the connection from %s", self.client)
+        finally:
+            self.server.forget(self)
+            if self.linger:
+                _linger_close(self.sock)
+            self.sock.close()
 
-    class _ServerHandler(SimpleHandler):
-        """Runs the app for one request and frames its response for keep-alive."""
-
-        http_version = "1.1"
-        server_software = f"microhandler Python/{sys.version.split()[0]}"
-        # wsgiref copies os.environ into every request's environ: the app (and a debug page
-        # showing the environ) must not see the process's secrets.
-        os_environ: dict[str, str] = {}
-
-        status: str | None
-        headers: Any   # wsgiref.headers.Headers once start_response() ran
-
-        def __init__(self, request: _RequestHandler, body: _RequestBody,
-                     environ: dict[str, Any]) -> None:
-            wfile: Any = request.wfile
-            super().__init__(body, wfile, sys.stderr, environ, multithread=True)
-            self.request = request
-            self.body = body
-            self.completed = False   # the whole response went out and close() ran
-            self.status_code = "-"
-            self.body_bytes = 0
-            self._in_body = False
-            self._limit = None   # body bytes the client will read; None: until close
-            self._no_body = False
-
-        def cleanup_headers(self) -> None:
-            super().cleanup_headers()   # adds Content-Length when the body is one block
-            request, code = self.request, int(str(self.status)[:3])
-            self.status_code = str(code)
-            self._no_body = request.command == "HEAD" or code < 200 or code in (204, 304)
-            if code < 200 or code == 204:
-                del self.headers["Content-Length"]   # RFC 9110 forbids it there
-            declared = _declared_length(self.headers.get("Content-Length"))
-            self._limit = 0 if self._no_body else declared
-            # Without a length, only closing the connection tells the client where the body
-            # ends; an unread body too large to drain also ends the connection.
-            if (self._limit is None or not self.body.unread_fits(_DRAIN_LIMIT)
-                    or request.tracked_server.closing):
-                request.close_connection = True
-            if request.close_connection:
-                self.headers["Connection"] = "close"
-
-        def send_headers(self) -> None:
-            super().send_headers()
-            self._in_body = True
-
-        def _write(self, data: bytes) -> None:
-            if self._in_body:
-                data = self._clip(data)
-                self.body_bytes += len(data)
-            if data:
-                super()._write(data)
-
-        def _clip(self, data: bytes) -> bytes:
-            """Drop what the client will not read: HEAD/204/304 bodies, bytes past
-            Content-Length."""
-            if self._limit is None:
-                return data
-            room = self._limit - self.body_bytes
-            if len(data) <= room:
-                return data
-            if not self._no_body and not self.request.close_connection:
-                _server_log.warning("%s: the response is longer than its Content-Length; truncated",
-                                    self.request.log_target)
-                self.request.close_connection = True
-            return data[:max(room, 0)]
-
-        def close(self) -> None:
-            self.completed = True
-            if not self._no_body and self._limit is not None and self.body_bytes < self._limit:
-                self.request.close_connection = True   # the client still waits for missing bytes
+    def _serve_requests(self) -> None:
+        import time
+        bounds = self.server.bounds
+        wait = bounds.header_timeout   # a new client connected to send a request...
+        due: float | None = time.monotonic() + bounds.header_timeout   # ...due by then
+        while self.server.enter_idle(self):
+            if not self.reader.wait_for_data(wait) or not self.server.leave_idle(self):
+                return   # silent, gone, or closed to make room for a new client
             try:
-                super().close()   # closes the app's iterable: the framework's request_finished
-            except Exception:
-                _server_log.exception("error closing the response of %s", self.request.log_target)
-
-        def log_exception(self, exc_info: Any) -> None:
-            _server_log.error("error while serving %s", self.request.log_target, exc_info=exc_info)
-
-
-    class _RequestHandler(WSGIRequestHandler):
-        """One connection: HTTP/1.1 keep-alive, bounded bodies, one log line per request."""
-
-        protocol_version = "HTTP/1.1"
-        timeout = 30.0                  # a silent client frees its thread after this many seconds
-        disable_nagle_algorithm = True  # small responses leave without waiting for an ACK
-        wbufsize = -1                   # buffered: status line, headers and first block go together
-        # As http.server; each header line and the header count are bounded there.
-        max_request_line = 65536
-        _linger = False
-        _content_length = ""   # CONTENT_LENGTH as the app sees it
-
-        @property
-        def tracked_server(self) -> _ThreadingWSGIServer:
-            server = self.server
-            assert isinstance(server, _ThreadingWSGIServer)
-            return server
-
-        @property
-        def log_target(self) -> str:
-            return f"{self.command} {_loggable(self.path.split('?', 1)[0])}"
-
-        def handle(self) -> None:
-            """Serve requests on this connection until either side ends it."""
-            self.close_connection = True
-            server = self.tracked_server
-            try:
-                while server.enter_idle(self.connection):
-                    line = self._read_request_line()
-                    if not line:
-                        break
-                    with server.busy(self.connection):
-                        self._handle_request(line)
-                        self.wfile.flush()
-                    if self.close_connection:
-                        break
-            except OSError as exc:   # the client left or timed out mid-request: nothing to answer
-                _server_log.debug("connection from %s ended: %r", self.client_address[0], exc)
+                if not self._serve_one(bounds, due):
+                    return
             finally:
-                server.forget(self.connection)
+                self.server.done(self)
+            wait, due = bounds.keepalive_timeout, None   # then from each first byte
 
-        def _read_request_line(self) -> bytes:
-            try:
-                return bytes(self.rfile.readline(self.max_request_line + 1))
-            except (TimeoutError, ConnectionError):   # idle too long, or the client hung up
-                return b""
+    def _serve_one(self, bounds: _Bounds, due: float | None) -> bool:
+        """Read one request and answer it; True when the connection can carry another."""
+        import time
+        started = time.perf_counter()
+        self.reader.deadline = due or time.monotonic() + bounds.header_timeout
+        try:
+            head = _read_head(self.reader, bounds)
+            environ, length = _request_environ(head, self.server.base_environ)
+        except _Refusal as refusal:
+            self._refuse(refusal.status, refusal.reason)
+            return False
+        except TimeoutError:
+            self._refuse(408, f"the header section did not arrive within {bounds.header_timeout} s")
+            return False
+        finally:
+            self.reader.deadline = None
+        self.sock.settimeout(_IO_TIMEOUT)
+        self.log_target = f"{head.method} {_loggable(environ['PATH_INFO'])}"
+        environ["REMOTE_ADDR"] = self.client
+        body = self._body(environ, length)
+        if body is None:
+            return False
+        environ["wsgi.input"] = body
+        exchange = _Exchange(self, environ, body)
+        if environ.get("HTTP_EXPECT", "").lower() == "100-continue":
+            body.on_first_read = lambda: None if exchange.headers_sent else self.send(
+                b"HTTP/1.1 100 Continue\r\n\r\n")
+        exchange.run(self.server.app, environ)
+        keep = exchange.keep_alive and exchange.completed and body.drain(_DRAIN_LIMIT)
+        self.linger = not keep and not body.finished
+        self.server.log.info("%s %s %s %.1fms", self.log_target, exchange.status_code,
+                             exchange.sent, (time.perf_counter() - started) * 1000)
+        return keep
 
-        def _handle_request(self, line: bytes) -> None:
-            self.raw_requestline = line
-            if len(line) > self.max_request_line:
-                self.requestline = self.request_version = self.command = ""
-                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
-                return
-            if not self._parse_request_strictly():   # it answered the error
-                self.close_connection = True
-                return
-            if self.request_version != "HTTP/1.1":
-                self.close_connection = True   # HTTP/1.0 keep-alive needs its own headers: skip it
-            _drop_underscore_headers(self.headers)
-            body = self._request_body()
-            if body is None:
-                self._linger = True   # the body, whatever its size, was not read
-                return
-            self._run_app(body)
+    def _body(self, environ: dict[str, Any], length: int | None) -> _RequestBody | None:
+        expect = environ.get("HTTP_EXPECT")
+        if expect is not None and expect.lower() != "100-continue":
+            self._refuse(417, "only Expect: 100-continue is understood")
+            return None
+        return _ChunkedBody(self.reader) if length is None else _LengthBody(self.reader, length)
 
-        def _parse_request_strictly(self) -> bool:
-            """parse_request(), with every header line checked as it is read."""
-            rfile = self.rfile
-            self.rfile = _StrictHeaderLines(rfile)  # type: ignore[assignment]
-            try:
-                return bool(self.parse_request())
-            except _BadHeaderLine:
-                self.rfile = rfile
-                self.send_error(HTTPStatus.BAD_REQUEST, "Malformed header line")
-                return False
-            finally:
-                self.rfile = rfile
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
 
-        def _request_body(self) -> _RequestBody | None:
-            """The body reader the framing headers ask for; None after answering bad framing."""
-            codings = self.headers.get_all("Transfer-Encoding") or []
-            lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
-            self._content_length = ""
-            if codings:
-                # Both framings at once, or chunked on HTTP/1.0, is how requests are smuggled
-                # past a proxy that reads the other framing.
-                if lengths or self.request_version != "HTTP/1.1":
-                    self.send_error(HTTPStatus.BAD_REQUEST, "Ambiguous request body framing")
-                    return None
-                # Only spaces and tabs around a coding: str.strip() would also take \x0b.
-                listed = [c.strip(" \t").lower() for c in ",".join(codings).split(",")]
-                if listed != ["chunked"]:
-                    self.send_error(HTTPStatus.NOT_IMPLEMENTED, "Only chunked transfer coding")
-                    return None
-                return _ChunkedBody(self.rfile)
-            if len(lengths) > 1 or (lengths and not _LENGTH_DIGITS.fullmatch(next(iter(lengths)))):
-                self.send_error(HTTPStatus.BAD_REQUEST, "Bad Content-Length")
-                return None
-            self._content_length = str(int(lengths.pop())) if lengths else ""
-            return _LengthBody(self.rfile, int(self._content_length or 0))
+    def send_file(self, file: Any, count: int) -> int:
+        """Send up to `count` bytes of `file` from its position; the number sent."""
+        return int(self.sock.sendfile(file, file.tell(), count))
 
-        def _run_app(self, body: _RequestBody) -> None:
-            environ = self.get_environ()
-            environ["CONTENT_LENGTH"] = self._content_length
-            environ["wsgi.input_terminated"] = True   # our wsgi.input says EOF at the body's end
-            if "Content-Type" not in self.headers:
-                # wsgiref says text/plain; waitress and gunicorn leave it out.
-                del environ["CONTENT_TYPE"]
-            cookies = self.headers.get_all("Cookie") or []
-            if len(cookies) > 1:   # wsgiref would join them with "," which breaks cookie parsing
-                environ["HTTP_COOKIE"] = "; ".join(cookie.strip() for cookie in cookies)
-            started = time.perf_counter()
-            handler = _ServerHandler(self, body, environ)
-            app = self.tracked_server.get_app()
-            assert app is not None, "set_app() runs in the server's constructor"
-            handler.run(app)
-            if not handler.completed:   # an error or a gone client cut the response short
-                self.close_connection = True
-            if not self.close_connection and not body.drain(_DRAIN_LIMIT):
-                self.close_connection = True
-            self._linger = self.close_connection and not body.finished
-            _server_log.info("%s %s %s %.1fms", self.log_target, handler.status_code,
-                             handler.body_bytes, (time.perf_counter() - started) * 1000)
+    def send_error_response(self, status: int, reason: str) -> None:
+        """A complete response of our own: status line, Content-Length, Connection: close."""
+        phrase = _reason_phrase(status)
+        body = f"{status} {phrase}: {reason}\n".encode()
+        head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\n{_date_header()}Connection: close\r\n\r\n")
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(_IO_TIMEOUT)
+            self.sock.sendall(head.encode("latin-1") + body)
 
-        def handle_expect_100(self) -> bool:
-            answered = super().handle_expect_100()
-            self.wfile.flush()   # the client waits for "100 Continue" before sending the body
-            return answered
-
-        def finish(self) -> None:
-            try:
-                super().finish()   # flushes what is still buffered
-            except OSError:
-                pass   # the client is gone; nothing more to tell it
-            if self._linger:
-                _linger_close(self.connection)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            _server_log.info("%s %s", self.client_address[0], _loggable(format % args))
-
-        def log_error(self, format: str, *args: Any) -> None:
-            _server_log.debug("%s %s", self.client_address[0], _loggable(format % args))
-
-
-    class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-        """wsgiref's server with a thread per connection and a record of open connections."""
-
-        daemon_threads = True       # a stuck connection never keeps the process alive
-        allow_reuse_address = True  # restart on the same port at once despite TIME_WAIT
-        request_queue_size = 128    # a burst of connections waits instead of being refused
-
-        def __init__(self, host: str, port: int, app: Callable[..., Any]) -> None:
-            self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self._connections = threading.Condition()
-            self._idle: set[socket.socket] = set()
-            self._busy = 0
-            self.closing = False
-            super().__init__((host, port), _RequestHandler)
-            self.set_app(app)
-
-        def server_bind(self) -> None:
-            # HTTPServer.server_bind() calls socket.getfqdn(), a DNS lookup that can stall
-            # start-up; the bound address is all SERVER_NAME needs.
-            socketserver.TCPServer.server_bind(self)
-            host, port = self.server_address[:2]
-            self.server_name, self.server_port = str(host), int(port)
-            self.setup_environ()
-
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            _server_log.exception("unexpected error on the connection from %s", client_address[0])
-
-        def enter_idle(self, sock: socket.socket) -> bool:
-            """Mark a connection as waiting for a request; False when the server is closing."""
-            with self._connections:
-                if self.closing:
-                    return False
-                self._idle.add(sock)
-                return True
-
-        @contextlib.contextmanager
-        def busy(self, sock: socket.socket) -> Iterator[None]:
-            with self._connections:
-                self._idle.discard(sock)
-                self._busy += 1
-            try:
-                yield
-            finally:
-                with self._connections:
-                    self._busy -= 1
-                    self._connections.notify_all()
-
-        def forget(self, sock: socket.socket) -> None:
-            with self._connections:
-                self._idle.discard(sock)
-
-        def close_connections(self, grace: float) -> None:
-            """Refuse new requests, hang up idle connections, let busy ones finish (bounded)."""
-            with self._connections:
-                self.closing = True
-                idle, self._idle = self._idle, set()
-            for sock in idle:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)   # wakes the thread waiting for a request
-            with self._connections:
-                self._connections.wait_for(lambda: self._busy == 0, timeout=grace)
-
-    _ThreadingWSGIServer.handler_class = _RequestHandler  # type: ignore[attr-defined]
-    _wsgiref_server_class = _ThreadingWSGIServer
-    return _ThreadingWSGIServer
+    def _refuse(self, status: int, reason: str) -> None:
+        self.send_error_response(status, reason)
+        self.linger = True
+        _server_log.info("%s refused: %s %s", self.client, status, reason)
 
 
 # -- servers: what make_server() returns
@@ -6977,22 +7290,135 @@ class _ServerAdapter:
         return f"<{type(self).__name__} {self.url}>"
 
 
-class _WsgirefServer(_ServerAdapter):
-    def __init__(self, app: Callable[..., Any], host: str, port: int) -> None:
-        self._httpd = _threading_wsgi_server()(host, port, app)
-        super().__init__(host, self._httpd.server_port)
+class _BuiltinServer(_ServerAdapter):
+    """A thread per connection, at most `max_connections` of them; the listening socket
+    is bound at construction."""
+
+    def __init__(self, app: Callable[..., Any], host: str, port: int, bounds: _Bounds) -> None:
+        import logging
+        import socket
+        import threading
+        self.log = logging.getLogger(_server_log.name)   # PERF: not looked up per request
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # Restart on the same port at once despite connections in TIME_WAIT.
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind((host, port))
+            self._listener.listen(_LISTEN_BACKLOG)
+        except OSError:
+            self._listener.close()
+            raise
+        bound_host, bound_port = self._listener.getsockname()[:2]
+        self.app = app
+        self.bounds = bounds
+        self.base_environ: dict[str, Any] = {
+            "SERVER_NAME": str(bound_host), "SERVER_PORT": str(bound_port), "SCRIPT_NAME": "",
+            "GATEWAY_INTERFACE": "CGI/1.1", "SERVER_SOFTWARE": _SERVER_SOFTWARE,
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "wsgi.input_terminated": True,   # our wsgi.input says EOF at the body's end
+            "wsgi.file_wrapper": _FileWrapper,
+        }
+        self._connections = threading.Condition()
+        self._idle: dict[_Connection, None] = {}   # oldest first: the first to be closed
+        self._open = 0       # connections accepted and not yet closed
+        self._busy = 0       # connections in the middle of a request
+        self._evicting = 0   # idle connections told to close, not yet closed
+        self._stopping = False
+        self.closing = False
+        super().__init__(host, int(bound_port))
 
     def _run_loop(self) -> None:
-        self._httpd.serve_forever(poll_interval=0.2)
+        import selectors
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            while not self._stopping:
+                if selector.select(_ACCEPT_POLL) and self._make_room():
+                    self._accept()
+
+    def _make_room(self) -> bool:
+        """Wait until one more connection may be served, closing idle ones if need be."""
+        import socket
+        limit = self.bounds.max_connections
+        with self._connections:
+            while self._open >= limit and not self._stopping:
+                if self._open - self._evicting >= limit and self._idle:
+                    oldest = next(iter(self._idle))
+                    del self._idle[oldest]
+                    self._evicting += 1
+                    oldest.evicted = True
+                    with contextlib.suppress(OSError):
+                        oldest.sock.shutdown(socket.SHUT_RDWR)   # wakes its thread: it closes
+                else:   # the new client waits in the listen backlog until a connection ends
+                    self._connections.wait(_ACCEPT_POLL)
+            return not self._stopping
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        try:
+            sock, address = self._listener.accept()
+        except OSError:   # the client gave up already, or no descriptor is left for now
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # small responses leave now
+        connection = _Connection(self, sock, address)
+        with self._connections:
+            self._open += 1
+        thread = threading.Thread(target=connection.serve, daemon=True,
+                                  name=f"microhandler-{connection.client}")
+        try:
+            thread.start()
+        except RuntimeError:   # no thread can be started: the client is refused
+            self.forget(connection)
+            sock.close()
+
+    def enter_idle(self, connection: _Connection) -> bool:
+        """Mark a connection as waiting for a request; False when the server is closing."""
+        with self._connections:
+            if self.closing or connection.evicted:
+                return False
+            self._idle[connection] = None
+            return True
+
+    def leave_idle(self, connection: _Connection) -> bool:
+        """A request began to arrive; False when the connection was closed to make room."""
+        with self._connections:
+            if connection not in self._idle:
+                return False
+            del self._idle[connection]
+            self._busy += 1
+            return True
+
+    def done(self, connection: _Connection) -> None:
+        with self._connections:
+            self._busy -= 1
+            self._connections.notify_all()
+
+    def forget(self, connection: _Connection) -> None:
+        with self._connections:
+            self._idle.pop(connection, None)
+            self._open -= 1
+            if connection.evicted:
+                self._evicting -= 1
+            self._connections.notify_all()
 
     def _stop_loop(self) -> None:
-        # socketserver's shutdown() waits for the loop, so it must not run in the loop's thread.
-        import threading
-        threading.Thread(target=self._httpd.shutdown, daemon=True).start()
+        self._stopping = True   # the loop sees it within _ACCEPT_POLL seconds
 
     def _close(self) -> None:
-        self._httpd.server_close()
-        self._httpd.close_connections(_GRACE_SECONDS)
+        """Refuse new requests, hang up idle connections, let busy ones finish (bounded)."""
+        import socket
+        self._stopping = True
+        self._listener.close()
+        with self._connections:
+            self.closing = True
+            idle, self._idle = list(self._idle), {}
+        for connection in idle:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)   # wakes the thread waiting
+        with self._connections:
+            self._connections.wait_for(lambda: self._busy == 0, timeout=_GRACE_SECONDS)
 
 
 def _import_waitress() -> tuple[Any, Any, Any]:
@@ -7038,15 +7464,25 @@ class _WaitressServer(_ServerAdapter):
 
 
 def make_server(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
-                server: str = "wsgiref", threads: int = 8) -> _ServerAdapter:
+                server: str = "wsgiref", threads: int = 8,
+                header_timeout: float = _HEADER_TIMEOUT,
+                keepalive_timeout: float = _KEEPALIVE_TIMEOUT,
+                max_connections: int = _MAX_CONNECTIONS,
+                max_request_line: int = _MAX_REQUEST_LINE,
+                max_header_bytes: int = _MAX_HEADER_BYTES,
+                max_header_fields: int = _MAX_HEADER_FIELDS) -> _ServerAdapter:
     """Bind `host:port` (port 0 picks a free one) and return a server for `app`.
 
     The result has `.host`, `.port` (the real one), `.url`, `.serve_forever()` and
-    `.shutdown()` (from any thread, idempotent). `"wsgiref"` runs a thread per connection
-    (`threads` is unused); `"waitress"` runs `threads` workers and must be installed.
+    `.shutdown()` (from any thread, idempotent). `"wsgiref"` is the built-in server: a
+    thread per connection, bounded by the other keyword options (`threads` is unused);
+    `"waitress"` runs `threads` workers, with waitress's own bounds, and must be installed.
     """
     if server == "wsgiref":
-        return _WsgirefServer(app, host, port)
+        bounds = _Bounds(header_timeout=header_timeout, keepalive_timeout=keepalive_timeout,
+                         max_connections=max_connections, max_request_line=max_request_line,
+                         max_header_bytes=max_header_bytes, max_header_fields=max_header_fields)
+        return _BuiltinServer(app, host, port, bounds)
     if server == "waitress":
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
@@ -7253,11 +7689,16 @@ def _this_process_command() -> list[str]:
 
 
 def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
-          server: str = "wsgiref", threads: int = 8, reload: bool = False) -> None:
+          server: str = "wsgiref", threads: int = 8, reload: bool = False,
+          header_timeout: float = _HEADER_TIMEOUT, keepalive_timeout: float = _KEEPALIVE_TIMEOUT,
+          max_connections: int = _MAX_CONNECTIONS, max_request_line: int = _MAX_REQUEST_LINE,
+          max_header_bytes: int = _MAX_HEADER_BYTES,
+          max_header_fields: int = _MAX_HEADER_FIELDS) -> None:
     """Serve `app` until Ctrl-C or SIGTERM, then shut down cleanly and return.
 
     `reload=True` makes this process a supervisor that runs the same command line in a
     child process and restarts it whenever a .py file under the current directory changes.
+    The bounds are make_server()'s.
     """
     _ensure_console_logging()
     if reload and not _is_reloader_child():
@@ -7266,7 +7707,10 @@ def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
         if status:
             raise SystemExit(status)
         return
-    httpd = make_server(app, host, port, server=server, threads=threads)
+    httpd = make_server(app, host, port, server=server, threads=threads,
+                        header_timeout=header_timeout, keepalive_timeout=keepalive_timeout,
+                        max_connections=max_connections, max_request_line=max_request_line,
+                        max_header_bytes=max_header_bytes, max_header_fields=max_header_fields)
     print(f"Serving on {httpd.url} ({server}, Ctrl-C to stop)", flush=True)
     _serve_until_stopped(httpd, watch_parent=reload)
 
