@@ -13651,3 +13651,407 @@ def test_strict_server_frames_what_any_wsgi_app_answers(caplog: pytest.LogCaptur
     finally:
         httpd.shutdown()
         thread.join(15)
+
+
+# ============================================================================ the onion never breaks; async journey (issues 9, 11)
+
+def _wsgi_never_raises(app: App, path: str = "/") -> tuple[str, bytes]:
+    """Call the app as a server would: it must not raise, and must call start_response."""
+    started: list[str] = []
+    body = app(make_environ(path), lambda status, headers, exc_info=None: started.append(status))
+    try:
+        content = b"".join(body)
+    finally:
+        getattr(body, "close", lambda: None)()
+    return started[0], content
+
+
+def test_middleware_returning_a_tuple_is_a_response(client_interface: str) -> None:
+    def deny(get_response):
+        def middleware(request):
+            return ({"error": "x"}, 401)
+        return middleware
+    app = App(middleware=[deny])
+    app.add_route("/", lambda request: "ok")
+    status, content = _wsgi_never_raises(app)
+    assert status.startswith("401") and json.loads(content) == {"error": "x"}
+    response = Client(app, raise_server_exceptions=False).get("/")
+    assert response.status_code == 401 and response.json() == {"error": "x"}
+
+
+def test_middleware_returning_none_is_a_500_naming_it(client_interface: str) -> None:
+    class Silent:
+        def __init__(self, get_response):
+            self.get_response = get_response
+
+        def __call__(self, request):
+            return None
+    app = App(middleware=[Silent], debug=True)
+    app.add_route("/", lambda request: "ok")
+    status, content = _wsgi_never_raises(app)
+    assert status.startswith("500") and b"Silent.__call__" in content
+    with pytest.raises(ValueError, match=r"Silent\.__call__ returned None"):
+        Client(app).get("/")
+
+
+def test_hooks_return_values_are_coerced_and_none_from_template_hook_is_an_error() -> None:
+    class Hooks:
+        def __init__(self, get_response):
+            self.get_response = get_response
+
+        def __call__(self, request):
+            return self.get_response(request)
+
+        def process_view(self, request, view, args, kwargs):
+            return "from process_view" if request.path == "/short" else None
+
+        def process_exception(self, request, exc):
+            return {"caught": str(exc)}
+
+        def process_template_response(self, request, response):
+            return None
+    app = App(middleware=[Hooks])
+
+    @app.route("/short")
+    def short(request):
+        return "view"
+
+    @app.route("/boom")
+    def boom(request):
+        raise ValueError("bad")
+
+    @app.route("/tpl")
+    def tpl(request):
+        return TemplateResponse("x.html")
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/short").text == "from process_view"
+    assert client.get("/boom").json() == {"caught": "bad"}
+    assert client.get("/tpl").status_code == 500
+
+
+@pytest.mark.parametrize("signal", [request_started, request_finished, got_request_exception])
+def test_a_failing_signal_receiver_changes_nothing(signal: Signal, caplog: Any) -> None:
+    def receiver(sender, **kwargs):
+        raise RuntimeError("receiver failed")
+    app = App()
+    app.add_route("/", lambda request: "ok")
+
+    @app.route("/boom")
+    def boom(request):
+        raise ValueError("view failed")
+    signal.connect(receiver)
+    try:
+        assert _wsgi_never_raises(app)[0].startswith("200")
+        assert _wsgi_never_raises(app, "/boom")[0].startswith("500")
+    finally:
+        signal.disconnect(receiver)
+    assert "receiver failed" in caplog.text
+
+
+def test_error_handlers_by_class_follow_flask_lookup(client_interface: str) -> None:
+    class AppError(Exception):
+        pass
+
+    class NotReady(AppError):
+        pass
+    app = App()
+    app.error_handler(HttpError)(lambda request, exc: ({"status": exc.status}, exc.status))
+    app.error_handler(404)(lambda request, exc: ("nothing here", 404))
+    app.error_handler(AppError)(lambda request, exc: ({"app": type(exc).__name__}, 503))
+    app.error_handler(Exception)(lambda request, exc: ({"any": str(exc)}, 500))
+
+    @app.route("/ready", methods=["POST"])
+    def ready(request):
+        raise NotReady()
+
+    @app.route("/oops")
+    def oops(request):
+        raise KeyError("k")
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/missing").text == "nothing here"         # the int status first
+    refused = client.get("/ready")                                 # 405: HttpError's handler
+    assert refused.json() == {"status": 405} and refused.headers["Allow"] == "OPTIONS, POST"
+    assert client.post("/ready").json() == {"app": "NotReady"}     # along the MRO
+    assert client.get("/oops").json() == {"any": "'k'"}
+
+
+def test_a_failing_error_handler_falls_back_to_500_then_the_plain_page() -> None:
+    app = App()
+
+    def broken(request, exc):
+        raise RuntimeError("handler failed")
+    app.error_handler(404)(broken)
+    app.error_handler(500)(lambda request, exc: ("custom 500", 500))
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/nope").text == "custom 500"
+    app.error_handler(500)(broken)
+    response = client.get("/nope")
+    assert response.status_code == 500 and "500 Internal Server Error" in response.text
+
+
+def test_template_responses_from_error_handlers_and_hooks_go_out_rendered(
+        tmp_path: Path, client_interface: str) -> None:
+    (tmp_path / "err.html").write_text("error {{ code }}")
+
+    class Reader:
+        def __init__(self, get_response):
+            self.get_response = get_response
+
+        def __call__(self, request):
+            response = self.get_response(request)
+            response["X-Length"] = str(len(response.content))  # reads .content
+            return response
+
+        def process_exception(self, request, exc):
+            if isinstance(exc, KeyError):
+                return TemplateResponse("err.html", {"code": "hook"}, status=500)
+            return None
+    app = App(middleware=[Reader], template_dirs=[tmp_path])
+    app.error_handler(404)(lambda request, exc: TemplateResponse("err.html", {"code": 404},
+                                                                  status=404))
+
+    @app.route("/key")
+    def key(request):
+        raise KeyError("x")
+    client = Client(app)
+    assert client.get("/nope").text == "error 404"
+    assert client.get("/key").text == "error hook"
+    assert client.get("/key").headers["X-Length"] == str(len("error hook"))
+    set_by_hand = TemplateResponse("err.html", charset="latin-1")
+    set_by_hand.content = b"kept"
+    assert set_by_hand.is_rendered and set_by_hand.render().content == b"kept"
+
+
+def test_middleware_not_used_is_logged_at_debug(caplog: Any) -> None:
+    def skipped(get_response):
+        raise MiddlewareNotUsed("not needed here")
+    app = App(middleware=[skipped], debug=True)
+    app.add_route("/", lambda request: "ok")
+    with caplog.at_level(logging.DEBUG, logger="microhandler"):
+        app.load_middleware()
+    assert "not needed here" in caplog.text
+
+
+@given(layer=st.sampled_from(["call", "view_hook", "exception_hook", "view", "handler"]),
+       outcome=st.one_of(st.none(), st.integers(), st.text(max_size=5), st.just(("x", 299)),
+                         st.just({"a": 1}), st.sampled_from([ValueError, Http404, KeyError])))
+@settings(max_examples=60, deadline=None)
+def test_any_return_value_or_exception_from_any_layer_still_answers(layer: str,
+                                                                     outcome: Any) -> None:
+    def act() -> Any:
+        if isinstance(outcome, type):
+            raise outcome()
+        return outcome
+
+    class Layer:
+        def __init__(self, get_response):
+            self.get_response = get_response
+
+        def __call__(self, request):
+            return act() if layer == "call" else self.get_response(request)
+
+        def process_view(self, request, view, args, kwargs):
+            return act() if layer == "view_hook" else None
+
+        def process_exception(self, request, exc):
+            return act() if layer == "exception_hook" else None
+    app = App(middleware=[Layer])
+    app.error_handler(Exception)(lambda request, exc: act() if layer == "handler" else "h")
+    app.add_route("/", lambda request: act() if layer in ("view", "handler") else "ok")
+    finished: list[Any] = []
+    receiver = request_finished.connect(lambda sender, **kwargs: finished.append(sender))
+    try:
+        status, _ = _wsgi_never_raises(app)
+    finally:
+        request_finished.disconnect(receiver)
+    assert status[:3].isdigit() and len(finished) == 1
+
+
+# -- async views, middleware and ASGI, in process
+
+def test_async_views_and_async_middleware_under_both_interfaces(client_interface: str) -> None:
+    import asyncio
+    order: list[str] = []
+
+    class AsyncOnly:
+        sync_capable = False
+        async_capable = True
+
+        def __init__(self, get_response):
+            self.get_response = get_response
+            mh.markcoroutinefunction(self)
+
+        async def __call__(self, request):
+            order.append("async-mw")
+            response = await self.get_response(request)
+            response["X-Async"] = "yes"
+            return response
+
+        async def process_view(self, request, view, args, kwargs):
+            order.append("async-hook")
+            return None
+
+    def sync_only(get_response):
+        def middleware(request):
+            order.append("sync-mw")
+            return get_response(request)
+        return middleware
+    app = App(middleware=[sync_only, AsyncOnly])
+
+    @app.route("/a/<int:n>")
+    async def a(request, n):
+        await asyncio.sleep(0)
+        return {"n": n, "thread": threading.current_thread().name}
+
+    @app.route("/s")
+    def s(request):
+        return threading.current_thread().name
+    client = Client(app)
+    answer = client.get("/a/3")
+    assert answer.json()["n"] == 3 and answer.headers["X-Async"] == "yes"
+    assert order == ["sync-mw", "async-mw", "async-hook"]
+    assert client.get("/s").status_code == 200
+
+
+def test_sync_view_under_asgi_runs_off_the_loop_thread() -> None:
+    app = App()
+
+    @app.route("/")
+    def where(request):
+        return threading.current_thread().name
+    assert Client(app, asgi=True).get("/").text != threading.current_thread().name
+
+
+def test_async_streaming_under_both_interfaces(client_interface: str) -> None:
+    app = App()
+
+    @app.route("/events")
+    def events(request):
+        async def chunks():
+            for index in range(3):
+                yield f"data: {index}\n\n"
+        return StreamingHttpResponse(chunks(), content_type="text/event-stream")
+    assert Client(app).get("/events").content == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+def _asgi_run(app: App, scope: dict[str, Any], messages: list[dict[str, Any]]) -> list[Any]:
+    import asyncio
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(30)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+    asyncio.run(asyncio.wait_for(app.asgi(scope, receive, send), 20))
+    return sent
+
+
+def _http_scope(path: str, method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = ()
+                ) -> dict[str, Any]:
+    return {"type": "http", "method": method, "path": path, "query_string": b"",
+            "headers": [(b"host", b"testserver"), *headers]}
+
+
+def test_asgi_refuses_a_body_over_the_limit_before_reading_it() -> None:
+    app = App(max_body_size=10)
+    app.add_route("/", lambda request: "ok", methods=["POST"])
+    chunks = [{"type": "http.request", "body": b"x" * 8, "more_body": True} for _ in range(5)]
+    sent = _asgi_run(app, _http_scope("/", "POST"), chunks)
+    assert sent[0]["status"] == 413 and len(chunks) == 3  # refused at the 2nd chunk
+    sent = _asgi_run(app, _http_scope("/", "POST", [(b"content-length", b"100")]),
+                     [{"type": "http.request", "body": b"x" * 100}])
+    assert sent[0]["status"] == 413
+
+
+def test_asgi_disconnect_cancels_the_view_and_still_finishes_once() -> None:
+    import asyncio
+    seen: list[str] = []
+    app = App()
+
+    @app.route("/slow")
+    async def slow(request):
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        return "late"
+    finished: list[Any] = []
+    receiver = request_finished.connect(lambda sender, **kwargs: finished.append(sender))
+    try:
+        sent = _asgi_run(app, _http_scope("/slow"), [
+            {"type": "http.request", "body": b""}, {"type": "http.disconnect"}])
+    finally:
+        request_finished.disconnect(receiver)
+    assert sent == [] and seen == ["cancelled"] and len(finished) == 1
+
+
+def test_lifespan_and_on_startup_under_both_interfaces() -> None:
+    import asyncio
+    calls: list[str] = []
+
+    async def async_start():
+        calls.append("async start")
+    app = App(on_startup=[lambda: calls.append("sync start"), async_start],
+              on_shutdown=[lambda: calls.append("stop")])
+    app.add_route("/", lambda request: "ok")
+    sent = _asgi_run(app, {"type": "lifespan"}, [{"type": "lifespan.startup"},
+                                                  {"type": "lifespan.shutdown"}])
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete",
+                                         "lifespan.shutdown.complete"]
+    assert calls == ["sync start", "async start", "stop"]
+    wsgi_app = App(on_startup=[lambda: calls.append("wsgi start")])
+    wsgi_app.add_route("/", lambda request: "ok")
+    Client(wsgi_app).get("/")
+    Client(wsgi_app).get("/")
+    assert calls.count("wsgi start") == 1
+    del asyncio
+
+
+def test_websockets_through_the_test_client(client_interface: str) -> None:
+    app = App()
+
+    @app.websocket("/ws/<int:room>")
+    async def chat(ws, room):
+        assert ws.request.GET.get("name") == "ann"
+        await ws.accept(subprotocol="chat")
+        async for message in ws:
+            if isinstance(message, bytes):
+                await ws.send_bytes(message[::-1])
+            else:
+                await ws.send_json({"room": room, "text": message})
+
+    @app.websocket("/json")
+    async def json_echo(ws):
+        await ws.accept()
+        await ws.send_json(await ws.receive_json())
+        await ws.close()
+    client = Client(app)
+    with client.websocket("/ws/7?name=ann", subprotocols=["chat"]) as ws:
+        assert ws.accepted_subprotocol == "chat"
+        ws.send_text("hi")
+        assert ws.receive_json() == {"room": 7, "text": "hi"}
+        ws.send_bytes(b"abc")
+        assert ws.receive_bytes() == b"cba"
+    with client.websocket("/json") as ws:
+        ws.send_json({"a": [1, 2]})
+        assert ws.receive_json() == {"a": [1, 2]}
+        with pytest.raises(mh.WebSocketDisconnect):
+            ws.receive()
+    with pytest.raises(mh.WebSocketDisconnect):
+        with client.websocket("/nowhere"):
+            pass
+    refused = client.get("/json")
+    assert refused.status_code == 426 and refused.headers["Upgrade"] == "websocket"
+
+
+def test_importing_microhandler_does_not_import_asyncio() -> None:
+    done = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, "
+                           f"{str(Path(mh.__file__).parent)!r}); import microhandler; "
+                           "print('asyncio' in sys.modules)"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "False"
