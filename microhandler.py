@@ -4730,9 +4730,13 @@ class Client:
 _server_log = _LazyLogger("microhandler.server")
 _reload_log = _LazyLogger("microhandler.reloader")
 
-_SERVER_CHOICES = ("wsgiref", "waitress")
+_SERVER_CHOICES = ("wsgiref", "waitress", "uvicorn")
 _WAITRESS_MISSING = (
     'waitress is not installed: pip install waitress (or pip install "microhandler[waitress]")'
+)
+_UVICORN_MISSING = (
+    'uvicorn is not installed: pip install "uvicorn[standard]" (or pip install '
+    '"microhandler[uvicorn]")'
 )
 _STOP_TIMEOUT = 10.0   # how long shutdown() waits for the serving loop to return
 _GRACE_SECONDS = 5.0   # how long shutdown() lets requests in progress finish
@@ -5431,13 +5435,85 @@ class _WaitressServer(_ServerAdapter):
         self._waitress.task_dispatcher.shutdown(timeout=_GRACE_SECONDS)
 
 
+def _import_uvicorn() -> Any:
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise _ServerNotInstalled(_UVICORN_MISSING, name="uvicorn") from exc
+    return uvicorn
+
+
+def _asgi_of(app: Any) -> Callable[..., Any]:
+    """What an ASGI server serves for `app`: an App's `app.asgi`, or an ASGI app itself."""
+    asgi = getattr(app, "asgi", None)
+    if asgi is not None:
+        return asgi
+    if _is_async(app):
+        return app
+    raise TypeError(f"uvicorn serves ASGI applications: {_name_of(app)} is neither an App "
+                    "nor an ASGI application")
+
+
+class _UvicornServer(_ServerAdapter):
+    """uvicorn serving `app.asgi` on a socket bound here, so port 0 is known at once.
+    Sync views run in a pool of `threads` threads (the loop's default executor)."""
+
+    def __init__(self, app: Callable[..., Any], host: str, port: int, threads: int) -> None:
+        import logging
+        import socket
+        uvicorn = _import_uvicorn()
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        self._socket = socket.socket(family, kind, proto)
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind(address)
+            self._socket.listen(2048)
+            # uvicorn's own logging setup only when the program has none (as for wsgiref).
+            options = {} if not logging.getLogger().handlers else {"log_config": None}
+            self._config = uvicorn.Config(_asgi_of(app), lifespan="on",
+                                          timeout_graceful_shutdown=int(_GRACE_SECONDS),
+                                          **options)
+        except BaseException:
+            self._socket.close()
+            raise
+        self._server = uvicorn.Server(self._config)
+        self._threads = threads
+        super().__init__(host, self._socket.getsockname()[1])
+
+    def _run_loop(self) -> None:
+        import asyncio
+        # uvicorn's choice of loop (uvloop when installed), where this Python can take it.
+        factory = getattr(self._config, "get_loop_factory", lambda: None)()
+        runner = getattr(asyncio, "Runner", None)
+        if factory is None or runner is None:
+            asyncio.run(self._serve())
+            return
+        with runner(loop_factory=factory) as loop_runner:
+            loop_runner.run(self._serve())
+
+    async def _serve(self) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(self._threads, thread_name_prefix="microhandler-sync")
+        asyncio.get_running_loop().set_default_executor(pool)
+        await self._server.serve(sockets=[self._socket])
+
+    def _stop_loop(self) -> None:
+        self._server.should_exit = True  # uvicorn polls it every 0.1 s
+
+    def _close(self) -> None:
+        self._socket.close()
+
+
 def make_server(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
                 server: str = "wsgiref", threads: int = 8) -> _ServerAdapter:
     """Bind `host:port` (port 0 picks a free one) and return a server for `app`.
 
     The result has `.host`, `.port` (the real one), `.url`, `.serve_forever()` and
     `.shutdown()` (from any thread, idempotent). `"wsgiref"` runs a thread per connection
-    (`threads` is unused); `"waitress"` runs `threads` workers and must be installed.
+    (`threads` is unused); `"waitress"` runs `threads` workers and must be installed;
+    `"uvicorn"` serves `app.asgi`, sync views in a pool of `threads`, and must be installed.
     """
     if server == "wsgiref":
         return _WsgirefServer(app, host, port)
@@ -5445,6 +5521,10 @@ def make_server(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 80
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
         return _WaitressServer(app, host, port, threads)
+    if server == "uvicorn":
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        return _UvicornServer(app, host, port, threads)
     choices = ", ".join(repr(choice) for choice in _SERVER_CHOICES)
     raise ValueError(f"unknown server {server!r}: choose one of {choices}")
 
@@ -5455,6 +5535,8 @@ def _check_server_installed(server: str) -> None:
         raise ValueError(f"unknown server {server!r}: choose one of {choices}")
     if server == "waitress":
         _import_waitress()
+    elif server == "uvicorn":
+        _import_uvicorn()
 
 
 # -- servers: serve(): signals, and the reloader
@@ -5715,6 +5797,14 @@ def _load_app(target: str) -> Callable[..., Any]:
     return app
 
 
+def _check_serves_asgi(app: Any, target: str) -> None:
+    try:
+        _asgi_of(app)
+    except TypeError:
+        raise _AppLoadError(f"{target} is a WSGI application, not an App: uvicorn serves "
+                            "ASGI applications") from None
+
+
 def _module_invocation() -> list[str]:
     """How to run this file again: `-m package.name`, or its path when run as a script."""
     spec = globals().get("__spec__")
@@ -5748,9 +5838,11 @@ def _argument_parser() -> argparse.ArgumentParser:
                         help="port to bind, 0 for any free port (default 8000)")
     parser.add_argument("--server", choices=_SERVER_CHOICES, default="wsgiref",
                         help="wsgiref: threaded standard library server (default); "
-                             "waitress: needs pip install waitress")
+                             "waitress: needs pip install waitress; uvicorn: serves the "
+                             "App's app.asgi, needs pip install uvicorn")
     parser.add_argument("--threads", type=_thread_count, default=8,
-                        help="worker threads for waitress (default 8)")
+                        help="worker threads for waitress, or for sync views under uvicorn "
+                             "(default 8)")
     parser.add_argument("--reload", action="store_true",
                         help="restart when a .py file under the current directory changes")
     return parser
@@ -5767,6 +5859,8 @@ def main(argv: list[str] | None = None) -> int:
                        else [sys.executable, *_module_invocation(), *argv])
             return _Reloader(command).run()
         app = _load_app(args.app)
+        if args.server == "uvicorn":
+            _check_serves_asgi(app, args.app)
         serve(app, args.host, args.port, server=args.server, threads=args.threads,
               reload=args.reload)
     except (_AppLoadError, _ServerNotInstalled) as exc:
