@@ -9208,6 +9208,32 @@ async def slow(request, token):
     return "too late"
 
 
+@app.route("/forever/async/<token>")
+async def forever_async(request, token):
+    async def ticks():
+        try:
+            for number in range(1200):   # 60 s at most: "ran out" means nobody stopped it
+                yield "data: %d\n\n" % number
+                await asyncio.sleep(0.05)
+            note("stream ran out " + token)
+        finally:
+            note("stream closed " + token)
+    return StreamingHttpResponse(ticks(), content_type="text/event-stream")
+
+
+@app.route("/forever/sync/<token>")
+def forever_sync(request, token):
+    def ticks():
+        try:
+            for number in range(1200):
+                yield "data: %d\n\n" % number
+                time.sleep(0.05)
+            note("stream ran out " + token)
+        finally:
+            note("stream closed " + token)
+    return StreamingHttpResponse(ticks(), content_type="text/event-stream")
+
+
 @app.route("/thread/sync")
 def sync_thread(request):
     return {"ident": threading.get_ident()}
@@ -9466,6 +9492,30 @@ def test_asgi_server_client_disconnect_cancels_the_async_view(
     lines = live.lines()
     assert f"completed {token}" not in lines
     assert lines.count("finished") == 2   # once for the cancelled view, once for /ping
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_asgi_server_client_leaving_an_endless_stream_stops_it(fresh_asgi_live: AsgiLive,
+                                                                kind: str) -> None:
+    # Server-sent events that never end on their own: once the client has gone, the
+    # iterator is stopped and closed (its finally runs) and request_finished is sent.
+    live, token = fresh_asgi_live, asgi_token()
+    with socket.create_connection((HOST, live.port), timeout=15) as sock:
+        sock.sendall(f"GET /forever/{kind}/{token} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        received = b""
+        for _ in range(1000):
+            if b"data: 1\n\n" in received:
+                break
+            data = sock.recv(65536)
+            assert data, received
+            received += data
+        assert b"data: 0\n\n" in received
+    assert wait_until(lambda: f"stream closed {token}" in live.lines(), 15), live.lines()
+    assert wait_until(lambda: "finished" in live.lines(), 15)
+    live.stop()
+    lines = live.lines()
+    assert f"stream ran out {token}" not in lines
+    assert lines.count("finished") == 1
 
 
 def test_asgi_server_runs_lifespan_startup_and_shutdown(fresh_asgi_live: AsgiLive) -> None:
