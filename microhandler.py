@@ -4283,7 +4283,7 @@ class ASGIHandler:
             if received and response is None:
                 response = await self.run_get_response(request, receive)
             if response is not None:
-                await self.send_response(request, response, send)
+                await self.send_response(request, response, send, receive)
         finally:
             _current_request.reset(token)
             if response is not None:
@@ -4343,28 +4343,57 @@ class ASGIHandler:
             pass
 
     async def send_response(self, request: Request, response: HttpResponse,
-                            send: _Send) -> None:
+                            send: _Send, receive: _Receive | None = None) -> None:
         headers, has_body = _response_headers(response, request.method)
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": [(name.lower().encode("latin-1"), value.encode("latin-1"))
                                 for name, value in headers]})
         if has_body and response.streaming:
-            await self.send_stream(response, send)
+            await self.send_stream(response, send, receive)
         else:
             await send({"type": "http.response.body",
                         "body": response.content if has_body else b""})
 
-    async def send_stream(self, response: HttpResponse, send: _Send) -> None:
+    async def send_stream(self, response: HttpResponse, send: _Send,
+                          receive: _Receive | None = None) -> None:
         """Each chunk is sent when it is produced (server-sent events); a sync iterator,
-        a file's blocks among them, is advanced in the thread pool."""
+        a file's blocks among them, is advanced in the thread pool. With `receive`, a
+        client that leaves stops the stream (servers drop what is sent after a disconnect,
+        so an endless event stream would run forever): an async iterator is cancelled where
+        it waits, a sync one is not advanced again; the response's close() closes either."""
+        import asyncio
+        gone: list[bool] = []
+        if receive is None:
+            return await self._send_chunks(response, send, gone)
+        sender = asyncio.ensure_future(self._send_chunks(response, send, gone))
+        listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait((sender, listener), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            sender.cancel()  # the server cancelled us: the stream goes too
+            raise
+        finally:
+            listener.cancel()
+        if not sender.done():  # the client left first
+            gone.append(True)
+            if response.is_async:
+                sender.cancel()
+        try:
+            await sender
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # the server cancelled us, not the client
+
+    async def _send_chunks(self, response: HttpResponse, send: _Send, gone: list[bool]) -> None:
         if response.is_async:
             async for chunk in response.streaming_content:  # type: ignore[attr-defined]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         else:
             chunks = iter(response.streaming_content)  # type: ignore[attr-defined]
-            while (chunk := await _to_thread(next, chunks, None)) is not None:
+            while not gone and (chunk := await _to_thread(next, chunks, None)) is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        if not gone:
+            await send({"type": "http.response.body", "body": b""})
 
     # -- lifespan
     async def _start_serving(self) -> None:
