@@ -49,17 +49,17 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 __version__ = "0.1.0"
 
 __all__ = [
-    "App", "BadHeaderError", "BadRequest", "Client", "ClientResponse", "DisallowedRedirect",
-    "FileResponse", "Headers", "Http404", "HttpError", "HttpResponse", "HttpResponseRedirect",
-    "ImproperlyConfigured", "JsonResponse", "LimitedStream", "MethodNotAllowed",
-    "MiddlewareNotUsed", "MultiDict", "NoReverseMatch", "PermissionDenied", "QueryDict",
-    "Request", "RequestDataTooBig", "Resolver", "ResolverMatch", "Route", "SafeString",
-    "Signal", "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader",
-    "TemplateResponse", "UploadedFile", "View", "check_header",
-    "convert_exception_to_response", "escape", "got_request_exception", "include",
-    "is_safe_url", "main", "make_server", "mark_safe", "markcoroutinefunction",
-    "parse_query_string", "redirect", "request_finished", "request_started", "route", "serve",
-    "static",
+    "ASGIHandler", "App", "BadHeaderError", "BadRequest", "Client", "ClientResponse",
+    "DisallowedRedirect", "FileResponse", "Headers", "Http404", "HttpError", "HttpResponse",
+    "HttpResponseRedirect", "ImproperlyConfigured", "JsonResponse", "LimitedStream",
+    "MethodNotAllowed", "MiddlewareNotUsed", "MultiDict", "NoReverseMatch", "PermissionDenied",
+    "QueryDict", "Request", "RequestDataTooBig", "Resolver", "ResolverMatch", "Route",
+    "SafeString", "Signal", "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader",
+    "TemplateResponse", "UploadedFile", "View", "WebSocket", "WebSocketDisconnect",
+    "WebSocketSession", "check_header", "convert_exception_to_response", "escape",
+    "got_request_exception", "include", "is_safe_url", "main", "make_server", "mark_safe",
+    "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "proxy", "redirect",
+    "request_finished", "request_started", "route", "serve", "static",
 ]
 
 
@@ -1277,8 +1277,16 @@ class Request:
             raise BadRequest(f"Signed cookie {key!r} is missing, tampered with or expired")
         return value
 
+    @property
+    def db(self) -> Any:
+        """This request's DB-API connection from `App(database=...)`: opened on first use
+        from a per-thread pool, given back when the response closes (see "databases")."""
+        lease = self.__dict__.get("_db_lease") or _lease_connection(self)
+        return lease.connection
+
     def close(self) -> None:
-        """Close the uploaded files' temporary files (called when the response closes)."""
+        """Close the uploaded files' temporary files and give `db` back to its pool (called
+        when the response closes)."""
         files, self._files_to_close = self._files_to_close, ()
         for upload in files:
             upload.close()
@@ -3048,7 +3056,7 @@ def include(prefix: str, routes: Iterable[Route | Iterable[Route]]) -> list[Rout
             pattern = "^" + re.escape(prefix) + item.pattern[1:]
         else:
             pattern = prefix + item.pattern
-        included.append(Route(pattern, item.view, item.methods, item.name, item.kwargs))
+        included.append(type(item)(pattern, item.view, item.methods, item.name, item.kwargs))
     return included
 
 
@@ -3288,6 +3296,259 @@ def _requested_range(environ: Mapping[str, Any], etag: str, size: int) -> range 
     return range(start, min(int(last) + 1, size) if last else size)
 
 
+# ---------------------------------------------------------------- forwarding
+
+class _BadGateway(HttpError):
+    """The upstream could not be reached or sent an answer that cannot be forwarded."""
+
+    status = 502
+
+
+class _GatewayTimeout(HttpError):
+    """The upstream was silent for the proxy's `timeout`."""
+
+    status = 504
+
+
+# RFC 9110 7.6.1: these speak of one connection, so they never cross the proxy (names
+# starting "proxy-" and those listed in Connection neither). "Proxy" is httpoxy's header;
+# "trailers" is how wsgiref spells Trailer, and a WSGI server refuses it from an app.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding",
+                         "upgrade", "proxy", "trailers"})
+# Request headers the proxy writes itself: Host and the body's framing; Expect was the front
+# server's to answer; the client's own Forwarded and X-Forwarded-* are not trusted (SPEC).
+_SET_BY_PROXY = frozenset({"host", "content-length", "expect", "forwarded", "x-forwarded-for",
+                           "x-forwarded-proto", "x-forwarded-host"})
+_OBS_FOLD = re.compile(r"\r?\n[ \t]+")
+
+
+class _ForwardingRoute(Route):
+    """A route taking every method, OPTIONS too: the upstream decides what it allows."""
+
+    __slots__ = ()
+
+    def accepts(self, method: str) -> bool:
+        return True
+
+
+class _ForwardedResponse(StreamingHttpResponse):
+    """The upstream's answer, streamed. Its Set-Cookie headers are kept one by one, as
+    sent: a response's headers hold one value per name."""
+
+    upstream_cookies: Sequence[str] = ()
+
+    def wsgi_headers(self) -> list[tuple[str, str]]:
+        headers = super().wsgi_headers()
+        headers.extend(("Set-Cookie", cookie) for cookie in self.upstream_cookies)
+        return headers
+
+
+class _Upstream:
+    """Where a proxy() route forwards to, checked once: scheme, host, port, path prefix."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parts = urlsplit(url)
+        try:
+            self.port = parts.port
+        except ValueError:
+            raise ImproperlyConfigured(f"proxy upstream {url!r} has an invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImproperlyConfigured(f"proxy upstream {url!r} must be an http:// or "
+                                       "https:// URL with a host")
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ImproperlyConfigured(f"proxy upstream {url!r} must not hold credentials, "
+                                       "a query or a fragment")
+        self.url, self.timeout, self.https = url, timeout, parts.scheme == "https"
+        self.hostname, self.netloc, self.path = parts.hostname, parts.netloc, parts.path
+        self._ssl_context: Any = None
+
+    def connection(self) -> Any:
+        """A new http.client connection (not yet connected): one per request."""
+        import http.client
+        if not self.https:
+            return http.client.HTTPConnection(self.hostname, self.port, timeout=self.timeout)
+        if self._ssl_context is None:  # loading the CA certificates costs milliseconds
+            import ssl
+            self._ssl_context = ssl.create_default_context()
+        return http.client.HTTPSConnection(self.hostname, self.port, timeout=self.timeout,
+                                           context=self._ssl_context)
+
+    def target(self, rest: str | None, query_string: str) -> str:
+        """The request-target: the upstream's path, the rest of the request's path quoted,
+        the query as the client sent it (bytes outside ASCII percent-encoded)."""
+        if rest is None:  # the prefix itself: the upstream's path as written
+            path = self.path or "/"
+        else:
+            path = self.path.rstrip("/") + quote(rest, safe=_PATH_SAFE)
+        if not query_string:
+            return path
+        try:
+            raw = query_string.encode("latin-1")  # PEP 3333: the bytes, as latin-1 text
+        except UnicodeEncodeError:
+            raw = query_string.encode("utf-8")
+        return path + "?" + quote(raw, safe=_PATH_SAFE + "?%")
+
+
+def proxy(prefix: str, upstream: str, *, timeout: float = 30,
+          preserve_host: bool = False) -> Route:
+    """A route forwarding every request under `prefix` to `upstream` (an http:// or https://
+    URL whose path is kept in front) and streaming its answer back: 502 when the upstream
+    cannot be reached, 504 when it is silent for `timeout` seconds."""
+    if not prefix.startswith("/"):
+        raise ImproperlyConfigured(f"proxy prefix {prefix!r} must start with '/'")
+    target = _Upstream(upstream, timeout)
+
+    def forward(request: Request, rest: str | None = None) -> HttpResponse:
+        body, length = _request_body(request)  # a body too big is refused before connecting
+        headers = _upstream_headers(request, target.netloc, preserve_host)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        connection = target.connection()
+        try:
+            answer = _send_upstream(connection, request.method,
+                                    target.target(rest, request.query_string), headers, body,
+                                    target.url)
+            return _forwarded_response(answer, connection, target.url)
+        except BaseException:
+            connection.close()
+            raise
+
+    forward.__name__ = forward.__qualname__ = f"proxy({prefix!r})"
+    # "/api" itself, and everything below "/api/" (not "/apix"); [\s\S]: a path may hold "\n".
+    return _ForwardingRoute("^" + re.escape(prefix.rstrip("/")) + r"(?P<rest>/[\s\S]*)?",
+                            forward)
+
+
+def _request_body(request: Request) -> tuple[Iterable[bytes] | None, int | None]:
+    """The body to send and its length (None: sent chunked), read from `request.stream` so
+    that max_body_size holds: a Content-Length over it is a 413 here, before connecting; a
+    longer chunked body is a 413 mid-way, so the upstream never receives it whole."""
+    if "body" in request.__dict__ or request.__dict__.get("_body_streamed"):
+        data = request.body  # a middleware read it already
+        return ([data] if data else None), len(data)
+    stream = request.stream
+    length = request.content_length
+    if length is not None:
+        return (_read_chunks(stream) if length else None), length
+    first = stream.read(65536)  # a server's de-chunked input, or no body at all
+    return (_read_chunks(stream, first) if first else None), None
+
+
+def _read_chunks(stream: LimitedStream, first: bytes = b"") -> Iterator[bytes]:
+    if first:
+        yield first
+    while chunk := stream.read(65536):
+        yield chunk
+
+
+def _connection_tokens(value: str) -> frozenset[str]:
+    """The header names a Connection header lists, lowercased."""
+    return frozenset(token.strip(" \t").lower() for token in value.split(",")) - {""}
+
+
+def _is_hop_by_hop(name: str, named: frozenset[str]) -> bool:
+    return name in _HOP_BY_HOP or name.startswith("proxy-") or name in named
+
+
+def _upstream_headers(request: Request, upstream_host: str,
+                      preserve_host: bool) -> dict[str, str]:
+    """The client's headers less hop-by-hop ones, with Host and X-Forwarded-* set. The
+    client's X-Forwarded-For is replaced, not appended to: it could be forged."""
+    named = _connection_tokens(request.environ.get("HTTP_CONNECTION", ""))
+    headers = {name: value for name, value in request.headers.items()
+               if value and not _is_hop_by_hop(name.lower(), named)
+               and name.lower() not in _SET_BY_PROXY}
+    host = request.host  # checked against allowed_hosts: a forged Host goes no further
+    headers["Host"] = host if preserve_host else upstream_host
+    remote_addr = request.environ.get("REMOTE_ADDR")
+    if remote_addr:
+        headers["X-Forwarded-For"] = remote_addr
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers["X-Forwarded-Host"] = host
+    headers["Connection"] = "close"  # one connection per request
+    return headers
+
+
+def _send_upstream(connection: Any, method: str, target: str, headers: dict[str, str],
+                   body: Iterable[bytes] | None, url: str) -> Any:
+    """The upstream's http.client response: 502 when it cannot be reached or answers what
+    is not HTTP, 504 when it is silent for the timeout. The client's own errors in the body
+    (413, 400) pass through as they are."""
+    import http.client
+    try:
+        connection.connect()
+    except OSError as exc:  # TimeoutError is one
+        raise _upstream_error(url, exc) from None
+    try:
+        connection.request(method, target, body, headers)
+    except OSError as exc:
+        if isinstance(exc, TimeoutError):
+            raise _upstream_error(url, exc) from None
+        # The upstream may have answered early (a 413 of its own) and closed: read that.
+    try:
+        return connection.getresponse()
+    except (OSError, http.client.HTTPException) as exc:
+        raise _upstream_error(url, exc) from None
+
+
+def _upstream_error(url: str, exc: BaseException) -> HttpError:
+    """502 or 504 with an empty message (the page says nothing of the upstream); the cause
+    goes to the log, for the operator."""
+    _log.warning("proxy: upstream %s failed: %s", url, _loggable(repr(exc)))
+    return _GatewayTimeout() if isinstance(exc, TimeoutError) else _BadGateway()
+
+
+def _forwarded_response(answer: Any, connection: Any, url: str) -> HttpResponse:
+    """The upstream's status, reason and headers (less hop-by-hop ones), its body streamed
+    as it arrives; closing the response closes the connection."""
+    try:
+        if answer.status < 200:  # a 1xx that http.client did not skip (101): not relayed
+            raise BadHeaderError(f"informational status {answer.status}")
+        headers, cookies = _answer_headers(answer)
+        response = _ForwardedResponse(_relay(answer), answer.status, headers=headers)
+        if "content-type" not in {name.lower() for name in headers}:
+            # What a missing type means (RFC 9110 8.3); not the text/html of a view.
+            response["Content-Type"] = "application/octet-stream"
+        if answer.reason:
+            response.reason_phrase = answer.reason
+    except BadHeaderError as exc:
+        answer.close()
+        raise _upstream_error(url, exc) from None
+    response.upstream_cookies = cookies
+    response.add_closer(answer.close)
+    response.add_closer(connection.close)
+    return response
+
+
+def _answer_headers(answer: Any) -> tuple[dict[str, str], list[str]]:
+    """The upstream's headers less hop-by-hop ones, a repeated field joined into one list
+    (RFC 9110 5.3), and its Set-Cookie values apart; BadHeaderError for what cannot be sent."""
+    named = _connection_tokens(", ".join(answer.msg.get_all("Connection") or ()))
+    headers: dict[str, tuple[str, str]] = {}
+    cookies = []
+    for name, raw_value in answer.msg.items():
+        lower = name.lower()
+        if _is_hop_by_hop(lower, named) or (lower == "content-length" and answer.chunked):
+            continue
+        value = check_header(name, _OBS_FOLD.sub(" ", raw_value))[1]  # RFC 9112 5.2
+        if lower == "content-length" and (not (value.isdigit() and value.isascii())
+                                          or headers.get(lower, (name, value))[1] != value):
+            raise BadHeaderError(f"Content-Length {value!r}")  # two framings: smuggling
+        if lower == "set-cookie":
+            cookies.append(value)
+        elif lower in headers and lower != "content-length":  # the same length twice: one
+            headers[lower] = (headers[lower][0], f"{headers[lower][1]}, {value}")
+        else:
+            headers[lower] = (name, value)
+    return dict(headers.values()), cookies
+
+
+def _relay(answer: Any, chunk_size: int = 65536) -> Iterator[bytes]:
+    """The upstream's body as it arrives: read1 returns what is there, not a full chunk."""
+    while chunk := answer.read1(chunk_size):
+        yield chunk
+
+
 # ---------------------------------------------------------------- views
 
 class View:
@@ -3334,6 +3595,154 @@ class View:
         if handler is None:
             raise MethodNotAllowed(self.allowed_methods())
         return handler(request, *args, **kwargs)
+
+
+# ---------------------------------------------------------------- databases
+# All this section asks of `App(database=...)` is DB-API 2: a connection is inside a
+# transaction once the driver opens one, and commit() or rollback() ends it. So any driver
+# works; when sqlite3 opens its transactions is said in README.md ("Databases").
+
+# One request holds one connection at a time per thread; a second idle one covers a
+# request made from inside another (a test client in a view).
+_IDLE_CONNECTIONS_PER_THREAD = 2
+
+
+def _close_quietly(connection: Any) -> None:
+    try:
+        connection.close()
+    except Exception:  # already broken: there is nothing more to release
+        pass
+
+
+class _Lease:
+    """A request's hold on a pooled connection; `close()` (from Request.close, when the
+    response closes) gives it back, or closes it when its transaction failed."""
+
+    __slots__ = ("connection", "failed", "idle", "thread")
+
+    def __init__(self, connection: Any, idle: list[Any]) -> None:
+        self.connection = connection
+        self.idle: list[Any] | None = idle  # the pool of the thread that opened it
+        self.thread = _thread.get_ident()
+        self.failed = False
+
+    def close(self) -> None:
+        idle, self.idle = self.idle, None
+        if idle is None or self.thread != _thread.get_ident():
+            # Not from its own thread (sqlite3 refuses that): dropped, never pooled, and
+            # the driver closes it with the last reference.
+            return
+        if not self.failed:
+            try:
+                self.connection.rollback()  # what the view left open: never pooled mid-way
+            except Exception:
+                self.failed = True
+        if self.failed or len(idle) >= _IDLE_CONNECTIONS_PER_THREAD:
+            _close_quietly(self.connection)
+        else:
+            idle.append(self.connection)
+
+
+class _ConnectionPool:
+    """An App's idle connections, kept per thread: a request runs in one thread, and a
+    sqlite3 connection may only be used by the thread that opened it."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self.connect = connect
+        self.local = _thread._local()
+
+    def lease(self) -> _Lease:
+        idle = getattr(self.local, "idle", None)
+        if idle is None:
+            idle = self.local.idle = []
+        return _Lease(idle.pop() if idle else self.connect(), idle)
+
+
+def _pool_of(app: App, connect: Callable[[], Any]) -> _ConnectionPool:
+    with app._lock:  # two first requests at once must not make two pools
+        pool = app._connection_pool
+        if pool is None or pool.connect is not connect:
+            pool = app._connection_pool = _ConnectionPool(connect)
+        return pool
+
+
+def _lease_connection(request: Request) -> _Lease:
+    """Open `request.db` (the Request property calls this once per request)."""
+    app = request.app
+    connect = None if app is None else app.database
+    if app is None or connect is None:
+        raise ImproperlyConfigured(
+            "request.db needs a database: App(database=...), a function returning a DB-API "
+            "connection, e.g. App(database=functools.partial(sqlite3.connect, 'app.db'))")
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        # Django's SynchronousOnlyOperation: a blocking call here stalls every request.
+        raise RuntimeError(
+            "request.db was used on the event loop (an async view): a DB-API connection "
+            "blocks. Write the view with def (ASGI runs it in a worker thread)")
+    pool = app._connection_pool
+    if pool is None or pool.connect is not connect:
+        pool = _pool_of(app, connect)
+    lease = pool.lease()
+    request.__dict__["_db_lease"] = lease
+    request._files_to_close = [*request._files_to_close, lease]
+    return lease
+
+
+def non_atomic_requests(view: _F) -> _F:
+    """Decorator: with `App(atomic_requests=True)`, run this view (a function, or a View
+    class) outside a transaction, as Django's does."""
+    view._non_atomic_requests = True  # type: ignore[attr-defined]
+    return view
+
+
+def _atomic_view(app: App, view: Callable[..., Any]) -> Callable[..., Any]:
+    """`view` run in one transaction on request.db: committed when it returns a response,
+    rolled back when it raises (App.make_view_atomic, per request, like Django)."""
+    if getattr(view, "_non_atomic_requests", False) or getattr(
+            getattr(view, "view_class", None), "_non_atomic_requests", False):
+        return view
+    if _is_async(view):
+        raise ImproperlyConfigured(
+            f"The view {_name_of(view)} is async: atomic_requests cannot run it in a "
+            "transaction (a DB-API connection blocks the event loop). Write it with def, or "
+            "mark it @non_atomic_requests")
+
+    def atomic_view(request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            response = view(request, *args, **kwargs)
+            if not isinstance(response, HttpResponse):
+                response = app.make_response(response, view)
+        except HttpError:
+            _end_transaction(request, commit=False, failed=False)  # the connection is fine
+            raise
+        except BaseException:
+            _end_transaction(request, commit=False, failed=True)
+            raise
+        _end_transaction(request, commit=True, failed=False)
+        return response
+
+    return atomic_view
+
+
+def _end_transaction(request: Request, commit: bool, failed: bool) -> None:
+    """Commit or roll back request.db, if the view opened it; a connection whose commit
+    or rollback failed, or whose view failed, is closed instead of pooled."""
+    lease: _Lease | None = request.__dict__.get("_db_lease")
+    if lease is None:
+        return
+    lease.failed = lease.failed or failed
+    try:
+        if commit:
+            lease.connection.commit()
+        else:
+            lease.connection.rollback()
+    except Exception:
+        lease.failed = True  # closing it discards the transaction
+        if commit:
+            raise
+        # The view's own exception is the one to report.
+        _log.exception("Rolling back request.db failed")
 
 
 # ---------------------------------------------------------------- middleware and App
@@ -3554,6 +3963,7 @@ class App:
     its arguments alone."""
 
     request_class: type[Request] = Request
+    _connection_pool: _ConnectionPool | None = None  # made by request.db's first use
 
     def __init__(self, routes: Iterable[Route | Iterable[Route]] = (),
                  middleware: Iterable[Any] = (), *, debug: bool = False,
@@ -3621,7 +4031,7 @@ class App:
 
     def use(self, middleware: Any) -> Any:
         """Append a middleware (the innermost so far); only before the first request."""
-        if self._middleware_chain is not None:
+        if self._chains[False] or self._chains[True]:
             raise ImproperlyConfigured(f"app.use({_name_of(middleware)}) came after the "
                                        "first request: add middleware before serving")
         self.middleware.append(middleware)
@@ -3795,7 +4205,8 @@ class App:
                 break
         if response is None:
             try:
-                response = yield callback, (request, *args), kwargs, True
+                view = self.make_view_atomic(callback)
+                response = yield view, (request, *args), kwargs, True
             except Exception as exc:
                 response = yield from self._offer_exception(exc, request, hooks)
                 if response is None:
@@ -3881,6 +4292,13 @@ class App:
             location += "?" + request.query_string
         status = 301 if request.method in ("GET", "HEAD") else 308
         return lambda request: HttpResponseRedirect(location, status=status)
+
+    def make_view_atomic(self, view: Callable[..., Any]) -> Callable[..., Any]:
+        """The view to call: with atomic_requests, wrapped to run in one transaction on
+        request.db (Django's name); else `view` itself, at no cost."""
+        if not self.atomic_requests:
+            return view
+        return _atomic_view(self, view)
 
     def process_exception_by_middleware(self, exc: Exception,
                                         request: Request) -> HttpResponse | None:
@@ -4270,7 +4688,7 @@ class ASGIHandler:
         if request_started.receivers:
             request_started.send_robust(sender=type(app), environ=environ)
         request = app.request_class(environ, app)
-        environ["microhandler.request"] = request
+        environ["microhandler.request"] = scope["microhandler.request"] = request
         token = _current_request.set(request)
         response: HttpResponse | None = None
         try:
@@ -4301,7 +4719,6 @@ class ASGIHandler:
         if declared.isdigit() and int(declared) > limit:
             raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
         body = _spooled_file()
-        request._files_to_close = [*request._files_to_close, body]
         size = 0
         while True:
             message = await receive()
@@ -4316,6 +4733,8 @@ class ASGIHandler:
                 break
         body.seek(0)
         request.environ.update({"wsgi.input": body, "CONTENT_LENGTH": str(size)})
+        if size > _UPLOAD_MEMORY_SIZE:  # on disk: closed with the response, as uploads are
+            request._files_to_close = [*request._files_to_close, body]
         return True
 
     async def run_get_response(self, request: Request,
@@ -4598,11 +5017,13 @@ def _file_specs(name: str, spec: Any) -> list[tuple[str, bytes, str | None]]:
 
 class Client:
     """Calls an app in-process through the full WSGI interface (under wsgiref.validate),
-    keeping cookies between calls, as a browser would."""
+    or through `app.asgi` with `asgi=True`, keeping cookies between calls, as a browser
+    would."""
 
     def __init__(self, app: Callable[..., Any], *, raise_server_exceptions: bool = True,
-                 host: str = "testserver", script_name: str = "") -> None:
+                 asgi: bool = False, host: str = "testserver", script_name: str = "") -> None:
         self.app = app
+        self.asgi = asgi
         self.raise_server_exceptions = raise_server_exceptions
         self.host = host
         self.script_name = script_name
@@ -4703,36 +5124,80 @@ class Client:
 
     def _send(self, method: str, path: str, query: Mapping[str, Any] | None, body: bytes,
               content_type: str | None, headers: Mapping[str, str] | None) -> ClientResponse:
-        from wsgiref.validate import validator
         environ = self._environ(method, path, query, body, content_type, headers)
+        scope = _scope_from_environ(environ) if self.asgi else None
         captured: list[BaseException] = []
 
         def capture(sender: Any, request: Any = None, exc: Any = None, **kwargs: Any) -> None:
             # The signal is global: keep only this call's exception, not another thread's.
-            if getattr(request, "environ", None) is environ:
+            seen = getattr(request, "environ", {})
+            if seen is environ or (scope is not None and seen.get("asgi.scope") is scope):
                 captured.append(exc)
 
         got_request_exception.connect(capture)
-        started: list[Any] = []
         try:
-            def start_response(status: str, response_headers: list[tuple[str, str]],
-                               exc_info: Any = None) -> Callable[[bytes], Any]:
-                started[:] = [status, response_headers]
-                return lambda data: None
-
-            result: Any = validator(self.app)(environ, start_response)
-            try:
-                content = b"".join(result)
-            finally:
-                result.close()
+            if scope is None:
+                status, header_list, content = self._call_wsgi(environ)
+                request = environ.get("microhandler.request")
+            else:
+                status, header_list, content = self._call_asgi(scope, body)
+                request = scope.get("microhandler.request")
         finally:
             got_request_exception.disconnect(capture)
         if captured and self.raise_server_exceptions:
             raise captured[0]
-        response = ClientResponse(started[0], started[1], content,
-                                  environ.get("microhandler.request"), environ)
+        response = ClientResponse(status, header_list, content, request, environ)
         self._store_cookies(response)
         return response
+
+    def _call_wsgi(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        from wsgiref.validate import validator
+        started: list[Any] = []
+
+        def start_response(status: str, response_headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], Any]:
+            started[:] = [status, response_headers]
+            return lambda data: None
+
+        result: Any = validator(self.app)(environ, start_response)
+        try:
+            content = b"".join(result)
+        finally:
+            result.close()
+        return started[0], started[1], content
+
+    def _call_asgi(self, scope: dict[str, Any],
+                   body: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+        """One request through the App's ASGI interface, on an event loop of its own."""
+        import asyncio
+        sent: list[dict[str, Any]] = []
+        incoming = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if incoming:
+                return incoming.pop()
+            await asyncio.Event().wait()  # the client never leaves: wait to be cancelled
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        asyncio.run(_asgi_of(self.app)(scope, receive, send))
+        start = sent[0]
+        status = start["status"]
+        headers = [(name.decode("latin-1"), value.decode("latin-1"))
+                   for name, value in start["headers"]]
+        content = b"".join(message.get("body", b"") for message in sent[1:])
+        return f"{status} {_reason_phrase(status)}", headers, content
+
+    def websocket(self, path: str, subprotocols: Sequence[str] | None = None,
+                  headers: Mapping[str, str] | None = None) -> WebSocketSession:
+        """A WebSocket session with the App (always through `app.asgi`), as a context
+        manager: `with client.websocket("/ws") as ws: ws.send_text("hi")`."""
+        environ = self._environ("GET", path, None, b"", None, headers)
+        scope = _scope_from_environ(environ, "websocket")
+        scope["subprotocols"] = list(subprotocols or ())
+        return WebSocketSession(_asgi_of(self.app), scope)
 
     def _store_cookies(self, response: ClientResponse) -> None:
         from http.cookies import CookieError, SimpleCookie
@@ -4752,6 +5217,125 @@ class Client:
                     # Kept as sent (quoted if the server quoted it), as a browser returns it.
                     self.cookies[key] = morsel.coded_value
                     response.cookies[key] = _unquote_cookie(morsel.coded_value)
+
+
+def _asgi_of(app: Any) -> Callable[..., Any]:
+    return getattr(app, "asgi", app)
+
+
+def _scope_from_environ(environ: dict[str, Any], kind: str = "http") -> dict[str, Any]:
+    """The ASGI scope a server would build for the request the test client describes."""
+    headers = [(key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
+               for key, value in environ.items() if key.startswith("HTTP_")]
+    headers += [(key.replace("_", "-").lower().encode("latin-1"), environ[key].encode("latin-1"))
+                for key in ("CONTENT_TYPE", "CONTENT_LENGTH") if key in environ]
+    full_path = environ["SCRIPT_NAME"] + environ["PATH_INFO"]
+    scheme = environ["wsgi.url_scheme"]
+    return {
+        "type": kind, "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": environ["REQUEST_METHOD"],
+        "scheme": scheme if kind == "http" else {"http": "ws", "https": "wss"}[scheme],
+        "path": full_path.encode("latin-1").decode("utf-8", "replace"),
+        "raw_path": quote(full_path.encode("latin-1"), safe="/").encode("ascii"),
+        "root_path": environ["SCRIPT_NAME"], "headers": headers,
+        "query_string": environ["QUERY_STRING"].encode("latin-1"),
+        "client": (environ["REMOTE_ADDR"], 50000),
+        "server": (environ["SERVER_NAME"], int(environ["SERVER_PORT"])),
+    }
+
+
+class WebSocketSession:
+    """The test client's side of a WebSocket: the App's handler runs on an event loop in
+    a thread of its own, and messages cross over in queues (every wait bounded)."""
+
+    timeout = 10.0
+
+    def __init__(self, asgi: Callable[..., Any], scope: dict[str, Any]) -> None:
+        import queue
+        self._asgi = asgi
+        self._scope = scope
+        self._to_app: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._from_app: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.accepted_subprotocol: str | None = None
+        self.closed = False
+
+    def __enter__(self) -> WebSocketSession:
+        import threading
+        self._thread = threading.Thread(target=self._run_app, daemon=True)
+        self._thread.start()
+        self._to_app.put({"type": "websocket.connect"})
+        message = self._next_from_app()
+        if message["type"] == "websocket.close":
+            self.closed = True
+            raise WebSocketDisconnect(message.get("code", 1000), "refused before accept (403)")
+        self.accepted_subprotocol = message.get("subprotocol")
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _run_app(self) -> None:
+        import asyncio
+
+        async def receive() -> dict[str, Any]:
+            return await asyncio.get_running_loop().run_in_executor(None, self._to_app.get)
+
+        async def send(message: dict[str, Any]) -> None:
+            self._from_app.put(message)
+
+        try:
+            asyncio.run(self._asgi(self._scope, receive, send))
+        finally:
+            self._from_app.put(None)  # the handler has returned
+
+    def _next_from_app(self) -> dict[str, Any]:
+        import queue
+        try:
+            message = self._from_app.get(timeout=self.timeout)
+        except queue.Empty:
+            raise TimeoutError("the WebSocket handler sent nothing in time") from None
+        if message is None:
+            self.closed = True
+            raise WebSocketDisconnect(1006, "the handler returned without closing")
+        return message
+
+    def receive(self) -> str | bytes:
+        message = self._next_from_app()
+        if message["type"] == "websocket.close":
+            self.closed = True
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason") or "")
+        text = message.get("text")
+        return text if text is not None else message.get("bytes") or b""
+
+    def receive_text(self) -> str:
+        message = self.receive()
+        assert isinstance(message, str), f"expected a text message, got {message!r}"
+        return message
+
+    def receive_bytes(self) -> bytes:
+        message = self.receive()
+        assert isinstance(message, bytes), f"expected a binary message, got {message!r}"
+        return message
+
+    def receive_json(self) -> Any:
+        import json
+        return json.loads(self.receive())
+
+    def send_text(self, data: str) -> None:
+        self._to_app.put({"type": "websocket.receive", "text": data})
+
+    def send_bytes(self, data: bytes) -> None:
+        self._to_app.put({"type": "websocket.receive", "bytes": data})
+
+    def send_json(self, data: Any) -> None:
+        import json
+        self.send_text(json.dumps(data))
+
+    def close(self, code: int = 1000) -> None:
+        """Disconnect, and wait (bounded) for the handler to finish."""
+        self._to_app.put({"type": "websocket.disconnect", "code": code})
+        self._thread.join(self.timeout)
+        self.closed = True
 
 
 # ---------------------------------------------------------------- servers and command line

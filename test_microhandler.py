@@ -12,6 +12,7 @@ import codecs
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import email.utils
 import hashlib
 import hmac
@@ -114,6 +115,43 @@ from microhandler import (
     static,
 )
 from microhandler import MultiDict as MhMultiDict
+
+# ============================================================================
+# both interfaces: every test that drives an App through the test Client runs twice,
+# through WSGI and through app.asgi (Client(asgi=True)), unless it says WSGI_ONLY.
+# ============================================================================
+
+# Differences that are the interfaces', not bugs: ASGI has no reason phrase, and each
+# interface builds its own middleware chain (factories run once per interface).
+WSGI_ONLY = {
+    "test_dotted_string_middleware_imported_at_startup",
+    "test_middleware_factories_called_once_not_per_request",
+    "test_custom_reason_phrase_is_the_status_line",
+    "test_proxy_answer_keeps_status_reason_cookies_and_drops_hop_by_hop",
+    # Under ASGI a sync view runs in a pool thread and the response closes on the loop's
+    # thread: a sqlite3 connection is closed there rather than pooled (see README).
+    "test_atomic_view_rolls_back_on_http404_and_the_404_still_goes_out",
+    "test_request_db_without_atomic_requests_commits_only_what_the_view_commits",
+    "test_connection_pool_is_per_thread_and_drops_failed_connections",
+    "test_a_streaming_body_reads_request_db_until_the_response_closes",
+}
+_CLIENT_INIT = Client.__init__
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    if metafunc.function.__name__ not in WSGI_ONLY:
+        source = inspect.getsource(metafunc.function)
+        if "Client(" in source and "asgi=" not in source:
+            metafunc.parametrize("client_interface", ["wsgi", "asgi"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def client_interface(request: Any, monkeypatch: Any) -> str:
+    """The interface the test Client uses in this run of the test."""
+    interface = getattr(request, "param", "wsgi")
+    if interface == "asgi":
+        monkeypatch.setattr(Client, "__init__", functools.partialmethod(_CLIENT_INIT, asgi=True))
+    return interface
 
 # ============================================================================
 # core: App, routing, middleware, errors, signals, test client
@@ -9692,3 +9730,944 @@ def test_cli_uvicorn_with_a_wsgi_callable_is_one_clear_line(tmp_path: Path) -> N
     assert result.returncode == 2
     assert "error: testapp:app is a WSGI application, not an App" in result.stderr
     assert "Traceback" not in result.stderr
+# ============================================================================ databases: atomic views (issue 13)
+
+import functools  # noqa: E402
+import sqlite3  # noqa: E402
+
+from microhandler import non_atomic_requests  # noqa: E402
+
+
+def notes_db(tmp_path: Path) -> Path:
+    """A real sqlite3 file with a notes table and a counter row."""
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as setup:
+        setup.executescript("""
+            CREATE TABLE notes (body TEXT NOT NULL);
+            CREATE TABLE counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+            INSERT INTO counters VALUES ('hits', 0), ('checked', 0);
+        """)
+    return path
+
+
+def db_app(path: Path, **kwargs: Any) -> App:
+    return App(database=functools.partial(sqlite3.connect, path, timeout=30), **kwargs)
+
+
+def stored_notes(path: Path) -> list[str]:
+    """What another connection sees: only committed rows."""
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        return [body for (body,) in reader.execute("SELECT body FROM notes ORDER BY rowid")]
+
+
+def add_note(request: Request, body: str) -> None:
+    request.db.execute("INSERT INTO notes VALUES (?)", (body,))
+
+
+def test_atomic_view_commits_when_it_returns(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/add/<body>")
+    def add(request, body):
+        add_note(request, body)
+        add_note(request, body + "-again")
+        return {"added": body}  # a value that becomes a response commits too
+
+    @app.route("/text/<body>")
+    def text(request, body):
+        add_note(request, body)
+        return HttpResponse("ok")
+
+    client = Client(app)
+    assert client.get("/add/one").json() == {"added": "one"}
+    assert client.get("/text/two").text == "ok"
+    assert stored_notes(path) == ["one", "one-again", "two"]
+
+
+def test_atomic_view_rolls_back_when_it_raises(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/fail")
+    def fail(request):
+        add_note(request, "half")
+        raise ValueError("after a write")
+
+    @app.route("/none")
+    def returns_none(request):
+        add_note(request, "no response")  # returning None is an error: rolled back too
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/fail").status_code == 500
+    assert client.get("/none").status_code == 500
+    assert stored_notes(path) == []
+
+
+def test_atomic_view_rolls_back_on_http404_and_the_404_still_goes_out(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+    connections: list[Any] = []
+
+    @app.route("/missing")
+    def missing(request):
+        connections.append(request.db)
+        add_note(request, "ghost")
+        raise Http404("no such note")
+
+    client = Client(app)
+    response = client.get("/missing")
+    assert response.status_code == 404
+    assert "no such note" in response.text
+    assert client.get("/missing").status_code == 404
+    assert stored_notes(path) == []
+    # A 404 is no fault of the connection: rolled back and reused, not reopened.
+    assert connections[0] is connections[1]
+
+
+def test_atomic_view_rolls_back_when_process_exception_answers(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+
+    class Recover:
+        def __init__(self, get_response):
+            self.get_response = get_response
+
+        def __call__(self, request):
+            return self.get_response(request)
+
+        def process_exception(self, request, exc):
+            # The view's transaction is already over: its writes are gone, even here.
+            (count,) = request.db.execute("SELECT count(*) FROM notes").fetchone()
+            return HttpResponse(f"recovered from {exc}, {count} notes", status=409)
+
+    app = db_app(path, atomic_requests=True, middleware=[Recover])
+
+    @app.route("/conflict")
+    def conflict(request):
+        add_note(request, "conflicting")
+        raise ValueError("a conflict")
+
+    response = Client(app).get("/conflict")
+    assert (response.status_code, response.text) == (409, "recovered from a conflict, 0 notes")
+    assert stored_notes(path) == []
+
+
+def test_commit_failure_is_a_500_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "fk.db"
+    with contextlib.closing(sqlite3.connect(path)) as setup:
+        setup.executescript("""
+            CREATE TABLE parents (id INTEGER PRIMARY KEY);
+            CREATE TABLE children (parent INTEGER
+                REFERENCES parents(id) DEFERRABLE INITIALLY DEFERRED);
+        """)
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, timeout=30)
+        connection.execute("PRAGMA foreign_keys = ON")
+        return connection
+
+    app = App(database=connect, atomic_requests=True)
+    connections: list[Any] = []
+
+    @app.route("/orphan")
+    def orphan(request):
+        connections.append(request.db)
+        request.db.execute("INSERT INTO children VALUES (42)")  # checked at COMMIT
+        return "written?"
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/orphan").status_code == 500
+    assert client.get("/orphan").status_code == 500
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        assert reader.execute("SELECT count(*) FROM children").fetchone() == (0,)
+    # The failed connection was closed, not handed to the next request.
+    assert connections[0] is not connections[1]
+    assert is_closed(connections[0])
+
+
+def test_non_atomic_requests_leaves_a_view_out(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/atomic")
+    def atomic(request):
+        add_note(request, "atomic")
+        return "ok"
+
+    @app.route("/manual")
+    @non_atomic_requests
+    def manual(request):
+        add_note(request, "committed")
+        request.db.commit()
+        add_note(request, "never committed")  # rolled back when the response closes
+        return "ok"
+
+    assert manual.__name__ == "manual"  # the function itself, type unchanged
+    client = Client(app)
+    assert client.get("/atomic").text == client.get("/manual").text == "ok"
+    assert stored_notes(path) == ["atomic", "committed"]
+    assert app.make_view_atomic(manual) is manual
+
+
+def test_atomic_requests_with_class_based_views(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    class Notes(View):
+        def post(self, request):
+            add_note(request, request.GET["body"])
+            if request.GET.get("fail"):
+                raise PermissionDenied("read-only")
+            return HttpResponse("created", status=201)
+
+    @non_atomic_requests
+    class Draft(View):
+        def post(self, request):
+            add_note(request, "draft")  # never committed: the opt-out holds for the class
+            return "kept?"
+
+    app.add_route("/notes", Notes.as_view())
+    app.add_route("/draft", Draft.as_view())
+    client = Client(app)
+    assert client.post("/notes", query={"body": "kept"}).status_code == 201
+    assert client.post("/notes", query={"body": "refused", "fail": "1"}).status_code == 403
+    assert client.post("/draft").status_code == 200
+    assert stored_notes(path) == ["kept"]
+
+
+def test_request_db_without_atomic_requests_commits_only_what_the_view_commits(
+        tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path)
+    seen: list[Any] = []
+
+    @app.route("/write/<body>")
+    def write(request, body):
+        seen.append((request.db, request.db.in_transaction))
+        add_note(request, body)
+        if body == "commit":
+            request.db.commit()
+        return body
+
+    client = Client(app)
+    client.get("/write/commit")
+    client.get("/write/forget")
+    client.get("/write/commit")
+    assert stored_notes(path) == ["commit", "commit"]
+    # One connection, reused, and never handed out in the middle of a transaction.
+    assert [connection for connection, _ in seen] == [seen[0][0]] * 3
+    assert [in_transaction for _, in_transaction in seen] == [False] * 3
+
+
+def test_request_db_without_a_database_says_how_to_configure_one() -> None:
+    app = App()
+
+    @app.route("/")
+    def index(request):
+        return str(request.db)
+
+    with pytest.raises(ImproperlyConfigured, match=r"App\(database=\.\.\.\)"):
+        Client(app).get("/")
+
+
+def test_make_view_atomic_returns_the_view_when_atomic_requests_is_off(tmp_path: Path) -> None:
+    def view(request):
+        return "ok"
+
+    path = notes_db(tmp_path)
+    assert db_app(path).make_view_atomic(view) is view
+    assert db_app(path, atomic_requests=True).make_view_atomic(view) is not view
+
+
+def test_atomic_requests_refuse_an_async_view_by_name(tmp_path: Path) -> None:
+    app = db_app(notes_db(tmp_path), atomic_requests=True)
+
+    async def live_feed(request):
+        return "ok"
+
+    with pytest.raises(ImproperlyConfigured, match="live_feed is async.*non_atomic_requests"):
+        app.make_view_atomic(live_feed)
+    assert app.make_view_atomic(non_atomic_requests(live_feed)) is live_feed
+
+
+def test_request_db_on_the_event_loop_is_a_clear_error(tmp_path: Path) -> None:
+    import asyncio
+
+    app = db_app(notes_db(tmp_path))
+    request = Request(make_environ("/"), app)
+
+    async def async_view() -> Any:
+        return request.db
+
+    with pytest.raises(RuntimeError, match="event loop.*def"):
+        asyncio.run(async_view())
+
+
+def is_closed(connection: sqlite3.Connection) -> bool:
+    try:
+        connection.execute("SELECT 1")
+    except sqlite3.ProgrammingError as exc:
+        assert "closed" in str(exc)
+        return True
+    return False
+
+
+def test_connection_pool_is_per_thread_and_drops_failed_connections(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+    by_thread: dict[str, list[Any]] = {}
+
+    @app.route("/use/<what>")
+    def use(request, what):
+        by_thread.setdefault(threading.current_thread().name, []).append(request.db)
+        if what == "crash":
+            raise ValueError("the view failed")
+        return "ok"
+
+    closed: dict[str, list[bool]] = {}
+
+    def three_requests() -> None:
+        client = Client(app, raise_server_exceptions=False)
+        for what in ("ok", "ok", "crash", "ok"):
+            client.get(f"/use/{what}")
+        # sqlite3 connections may be used only in their own thread: check them here.
+        closed[threading.current_thread().name] = [
+            is_closed(connection) for connection in by_thread[threading.current_thread().name]]
+
+    threads = [threading.Thread(target=three_requests, name=f"worker-{n}") for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(by_thread) == ["worker-0", "worker-1", "worker-2"]
+    for first, second, crashed, after in by_thread.values():
+        assert first is second is crashed  # reused within its thread
+        assert after is not crashed  # the failed one was closed, not pooled
+    assert list(closed.values()) == [[True, True, True, False]] * 3
+    firsts = [connections[0] for connections in by_thread.values()]
+    assert len({id(connection) for connection in firsts}) == 3  # one per thread
+
+
+def test_read_then_write_with_begin_immediate_is_one_transaction(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/check")
+    def check(request):
+        db = request.db
+        db.execute("BEGIN IMMEDIATE")  # the README's recipe: the read is inside too
+        (n,) = db.execute("SELECT n FROM counters WHERE name = 'checked'").fetchone()
+        db.execute("UPDATE counters SET n = ? WHERE name = 'checked'", (n + 1,))
+        if request.GET.get("fail"):
+            raise ValueError("undo both")
+        return str(n + 1)
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/check").text == "1"
+    assert client.get("/check", query={"fail": "1"}).status_code == 500
+    assert client.get("/check").text == "2"
+
+
+def test_concurrent_writers_over_http_under_waitress_lose_and_duplicate_nothing(
+        tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+
+    @app.route("/notes/<int:client>/<int:number>", methods=["POST"])
+    def add(request, client, number):
+        db = request.db
+        db.execute("BEGIN IMMEDIATE")  # read-modify-write below: take the write lock first
+        (checked,) = db.execute("SELECT n FROM counters WHERE name = 'checked'").fetchone()
+        db.execute("UPDATE counters SET n = ? WHERE name = 'checked'", (checked + 1,))
+        db.execute("UPDATE counters SET n = n + 1 WHERE name = 'hits'")
+        db.execute("INSERT INTO notes VALUES (?)", (f"{client}-{number}",))
+        if number % 5 == 4:
+            raise ValueError("every fifth request fails after writing: all of it is undone")
+        return {"note": f"{client}-{number}"}
+
+    clients, per_client = 8, 25
+    server = servers.make_server(app, HOST, 0, server="waitress", threads=8)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    statuses: dict[tuple[int, int], int] = {}
+
+    def write(client: int) -> None:
+        connection = http.client.HTTPConnection(HOST, server.port, timeout=60)
+        try:
+            for number in range(per_client):
+                connection.request("POST", f"/notes/{client}/{number}", body=b"")
+                response = connection.getresponse()
+                response.read()
+                statuses[client, number] = response.status
+        finally:
+            connection.close()
+
+    try:
+        writers = [threading.Thread(target=write, args=(n,)) for n in range(clients)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(120)
+    finally:
+        server.shutdown()
+        thread.join(15)
+    expected = {f"{c}-{n}" for c in range(clients) for n in range(per_client) if n % 5 != 4}
+    assert len(statuses) == clients * per_client
+    assert {key for key, status in statuses.items() if status == 200} == {
+        (c, n) for c in range(clients) for n in range(per_client) if n % 5 != 4}
+    assert set(statuses.values()) == {200, 500}
+    notes = stored_notes(path)
+    assert len(notes) == len(set(notes)) == len(expected)
+    assert set(notes) == expected
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        counters = dict(reader.execute("SELECT name, n FROM counters"))
+    assert counters == {"hits": len(expected), "checked": len(expected)}
+
+
+def test_a_connection_given_back_from_another_thread_is_dropped_not_pooled(
+        tmp_path: Path) -> None:
+    """As under ASGI, when a sync view runs in a worker thread and the response closes on
+    the event loop's thread: sqlite3 forbids touching the connection there."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = db_app(notes_db(tmp_path))
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        first = Request(make_environ("/"), app)
+        first_connection = worker.submit(lambda: first.db).result(30)
+        first.close()  # this thread may not roll it back: no error, and not pooled
+        second = Request(make_environ("/"), app)
+        second_connection = worker.submit(lambda: second.db).result(30)
+        assert second_connection is not first_connection
+        worker.submit(second.close).result(30)  # its own thread: back to the pool
+        third = Request(make_environ("/"), app)
+        assert worker.submit(lambda: third.db).result(30) is second_connection
+        worker.submit(third.close).result(30)
+
+
+def test_middleware_writes_before_the_view_share_its_transaction(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+
+    def audit(get_response):
+        def middleware(request):
+            add_note(request, "audit " + request.path)  # before the view: same transaction
+            return get_response(request)
+        return middleware
+
+    app = db_app(path, atomic_requests=True, middleware=[audit])
+
+    @app.route("/ok")
+    def ok(request):
+        return "ok"
+
+    @app.route("/fail")
+    def fail(request):
+        raise ValueError("undo the audit row too")
+
+    client = Client(app, raise_server_exceptions=False)
+    assert client.get("/ok").status_code == 200
+    assert client.get("/fail").status_code == 500
+    assert stored_notes(path) == ["audit /ok"]
+
+
+def test_a_streaming_body_reads_request_db_until_the_response_closes(tmp_path: Path) -> None:
+    path = notes_db(tmp_path)
+    app = db_app(path, atomic_requests=True)
+    connections: list[Any] = []
+
+    @app.route("/add/<body>")
+    def add(request, body):
+        connections.append(request.db)
+        add_note(request, body)
+        return "ok"
+
+    @app.route("/export")
+    def export(request):
+        db = request.db  # opened in the view: given back when the stream closes
+        connections.append(db)
+
+        def rows():
+            for (body,) in db.execute("SELECT body FROM notes ORDER BY rowid"):
+                yield body + "\n"
+        return StreamingHttpResponse(rows())
+
+    client = Client(app)
+    client.get("/add/first")
+    client.get("/add/second")
+    assert client.get("/export").text == "first\nsecond\n"
+    client.get("/add/third")
+    assert connections == [connections[0]] * 4  # pooled again after the stream closed
+
+
+# ============================================================================ forwarding (issue 13)
+
+import http.server  # noqa: E402
+
+
+class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
+    """A backend that records what reached it: `/slow` streams two chunks with a pause the
+    test controls, `/cookies` sends two cookies and hop-by-hop headers, `/status` a 201 with
+    its own reason; anything else answers with what it received, as JSON."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 10
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1  # type: ignore[attr-defined]
+
+    def _read_body(self) -> tuple[bytes, bool]:
+        """The body and whether it arrived whole (a chunked body needs its last chunk)."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            length = int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(length)
+            return data, len(data) == length
+        data = b""
+        for _ in range(10_000):
+            line = self.rfile.readline(100)
+            if not line.endswith(b"\r\n"):
+                return data, False
+            size = int(line[:-2].split(b";")[0], 16)
+            if size == 0:
+                return data, self.rfile.readline(100) == b"\r\n"
+            chunk = self.rfile.read(size + 2)
+            data += chunk[:size]
+            if len(chunk) < size + 2:
+                return data, False
+        return data, False
+
+    def _serve(self) -> None:
+        try:
+            body, whole = self._read_body()
+        except OSError:
+            body, whole = b"", False
+        server: Any = self.server
+        server.records.append({"method": self.command, "path": self.path, "body": body,
+                               "whole": whole, "headers": list(self.headers.items())})
+        if not whole:
+            self.close_connection = True
+            return
+        if self.path.endswith("/slow"):
+            return self._slow(server)
+        if self.path.endswith("/cookies"):
+            payload = b"two cookies"
+            self.send_response(200)
+            for name, value in [("Set-Cookie", "a=1; Path=/; HttpOnly"),
+                                ("Set-Cookie", "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"),
+                                ("Connection", "close, X-Hop"), ("X-Hop", "drop me"),
+                                ("Keep-Alive", "timeout=5"), ("Proxy-Authenticate", "Basic"),
+                                ("Vary", "Accept"), ("Vary", "Cookie"), ("X-Kept", "yes"),
+                                ("Content-Type", "text/plain"),
+                                ("Content-Length", str(len(payload)))]:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if self.path.endswith("/status"):
+            self.send_response(201, "Made It")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        payload = json.dumps({"method": self.command, "path": self.path,
+                              "body": body.decode("latin-1")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _slow(self, server: Any) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"5\r\nfirst\r\n")
+        self.wfile.flush()
+        server.release.wait(10)
+        try:
+            self.wfile.write(b"6\r\nsecond\r\n0\r\n\r\n")
+            self.wfile.flush()
+            server.peer_closed = self.rfile.read(1) == b""  # EOF: the proxy hung up
+        except TimeoutError:
+            server.peer_closed = False  # still connected after `timeout` seconds
+        except OSError:
+            server.peer_closed = True
+        server.finished.set()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+    do_PURGE = _serve
+
+
+@dataclass
+class Backend:
+    server: Any
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.server.records
+
+    def last(self) -> dict[str, Any]:
+        assert wait_until(lambda: self.server.records, 10), "the upstream got no request"
+        return self.server.records[-1]
+
+
+def _headers_of(record: dict[str, Any]) -> dict[str, str]:
+    return {name.lower(): value for name, value in record["headers"]}
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _UpstreamHandler)
+    server.daemon_threads = True
+    server.records, server.connections = [], 0  # type: ignore[attr-defined]
+    server.release, server.finished = threading.Event(), threading.Event()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield Backend(server, server.server_address[1])
+    finally:
+        server.release.set()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()
+        thread.join(15)
+
+
+@contextlib.contextmanager
+def front_server(app: App) -> Iterator[int]:
+    """The app behind microhandler's own server on a free port: its port."""
+    httpd = mh.make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.port
+    finally:
+        httpd.shutdown()
+        thread.join(15)
+
+
+def test_proxy_forwards_method_path_query_body_and_end_to_end_headers(backend: Backend) -> None:
+    app = App(routes=[mh.proxy("/api", backend.url + "/base")])
+    response = Client(app).post(
+        "/api/items/a%20b/%C3%A9", query={"x": "1", "y": " z&"}, body=b"hello",
+        content_type="text/plain",
+        headers={"X-Custom": "kept", "Connection": "X-Private", "X-Private": "secret",
+                 "Keep-Alive": "timeout=5", "TE": "trailers", "Upgrade": "h2c",
+                 "Proxy-Authorization": "Basic eDp5", "X-Forwarded-For": "6.6.6.6",
+                 "X-Forwarded-Host": "forged.example", "Forwarded": "for=6.6.6.6"})
+    assert response.status_code == 200
+    assert response.json() == {"method": "POST", "body": "hello",
+                               "path": "/base/items/a%20b/%C3%A9?x=1&y=+z%26"}
+    headers = _headers_of(backend.last())
+    assert headers["x-custom"] == "kept"
+    assert headers["content-type"] == "text/plain"
+    assert headers["content-length"] == "5"
+    assert headers["host"] == f"127.0.0.1:{backend.port}"
+    assert headers["x-forwarded-for"] == "127.0.0.1"  # the client's own, not what it claimed
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == "testserver"
+    assert headers["connection"] == "close"  # the proxy's own, one connection per request
+    for dropped in ("x-private", "keep-alive", "te", "upgrade", "proxy-authorization",
+                    "forwarded", "transfer-encoding"):
+        assert dropped not in headers, dropped
+
+
+@pytest.mark.filterwarnings("ignore:Unknown REQUEST_METHOD")
+def test_proxy_forwards_every_method_options_and_head_too(backend: Backend) -> None:
+    client = Client(App(routes=[mh.proxy("/api", backend.url)]))
+    for method in ("GET", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"):
+        assert client.request(method, "/api/m").json()["method"] == method
+        assert backend.last()["method"] == method
+    head = client.head("/api/m")
+    assert head.status_code == 200 and head.content == b""
+    assert backend.last()["method"] == "HEAD"
+    assert int(head.headers["Content-Length"]) > 0  # the upstream's, kept
+
+
+def test_proxy_under_include_keeps_forwarding_options(backend: Backend) -> None:
+    client = Client(App(routes=[include("/svc", [mh.proxy("/api", backend.url + "/v1")])]))
+    response = client.options("/svc/api/x")
+    assert response.json()["method"] == "OPTIONS" and response.json()["path"] == "/v1/x"
+
+
+def test_proxy_prefix_itself_below_it_and_not_beside_it(backend: Backend) -> None:
+    client = Client(App(routes=[mh.proxy("/api/", backend.url + "/base/"),
+                                mh.proxy("/root", backend.url)]))
+    assert client.get("/api").json()["path"] == "/base/"
+    assert client.get("/api/").json()["path"] == "/base/"
+    assert client.get("/api/a/b/?q=1").json()["path"] == "/base/a/b/?q=1"
+    assert client.get("/root").json()["path"] == "/"
+    assert client.get("/root/x").json()["path"] == "/x"
+    count = len(backend.records)
+    assert client.get("/apix").status_code == 404
+    assert client.get("/rootx/y").status_code == 404
+    assert len(backend.records) == count
+
+
+def test_proxy_preserve_host_sends_the_clients_host(backend: Backend) -> None:
+    app = App(routes=[mh.proxy("/kept", backend.url, preserve_host=True),
+                      mh.proxy("/own", backend.url)])
+    client = Client(app, host="front.example:8080")
+    client.get("/kept/x")
+    headers = _headers_of(backend.last())
+    assert headers["host"] == headers["x-forwarded-host"] == "front.example:8080"
+    client.get("/own/x")
+    headers = _headers_of(backend.last())
+    assert headers["host"] == f"127.0.0.1:{backend.port}"
+    assert headers["x-forwarded-host"] == "front.example:8080"
+
+
+def test_proxy_preserve_host_never_forwards_a_host_outside_allowed_hosts(
+        backend: Backend) -> None:
+    app = App(allowed_hosts=["front.example"],
+              routes=[mh.proxy("/p", backend.url, preserve_host=True)])
+    assert Client(app, host="evil.example").get("/p/x").status_code == 400
+    assert backend.records == []
+
+
+def test_proxy_answer_keeps_status_reason_cookies_and_drops_hop_by_hop(
+        backend: Backend) -> None:
+    client = Client(App(routes=[mh.proxy("/p", backend.url)]))
+    response = client.get("/p/cookies")
+    assert response.status_code == 200 and response.content == b"two cookies"
+    cookies = [value for name, value in response.header_list if name.lower() == "set-cookie"]
+    assert cookies == ["a=1; Path=/; HttpOnly", "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"]
+    assert client.cookies == {"a": "1", "b": "2"}
+    names = {name.lower() for name, _ in response.header_list}
+    assert not names & {"connection", "x-hop", "keep-alive", "proxy-authenticate"}
+    assert response.headers["X-Kept"] == "yes"
+    assert response.headers["Vary"] == "Accept, Cookie"
+    assert response.headers["Content-Length"] == "11"
+    assert response.headers["Content-Type"] == "text/plain"
+    created = client.post("/p/status")
+    assert (created.status_code, created.reason_phrase) == (201, "Made It")
+    # The upstream sent no type: what that means (RFC 9110), not the text/html of a view.
+    assert created.headers["Content-Type"] == "application/octet-stream"
+
+
+def test_proxy_streams_a_slow_answer_chunk_by_chunk_through_a_real_server(
+        backend: Backend) -> None:
+    with front_server(App(routes=[mh.proxy("/p", backend.url)])) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("GET", "/p/slow")
+            response = connection.getresponse()
+            assert response.status == 200
+            received = b""
+            for _ in range(100):  # read1 may hand over part of a chunk
+                received += response.read1(100)
+                if len(received) >= 5:
+                    break
+            assert received == b"first"
+            assert not backend.server.finished.is_set()  # the upstream is still sending
+            backend.server.release.set()
+            assert response.read() == b"second"
+        finally:
+            connection.close()
+    assert backend.server.finished.wait(10)
+
+
+def test_proxy_closing_the_response_hangs_up_on_the_upstream(backend: Backend) -> None:
+    app = App(routes=[mh.proxy("/p", backend.url)])
+    started: list[Any] = []
+    result = app(make_environ("/p/slow"), lambda status, headers, exc_info=None:
+                 started.append(status))
+    try:
+        assert started == ["200 OK"]
+        assert next(iter(result)) == b"first"
+    finally:
+        result.close()  # the client went away mid-answer
+    backend.server.release.set()
+    assert backend.server.finished.wait(15)
+    assert backend.server.peer_closed
+
+
+def test_proxy_forwards_a_body_a_middleware_has_read(backend: Backend) -> None:
+    def read_form(get_response: Callable[..., Any]) -> Callable[..., Any]:
+        def middleware(request: Request) -> Any:
+            assert request.POST["a"] == "1"  # as a CSRF check does
+            return get_response(request)
+        return middleware
+
+    client = Client(App(middleware=[read_form], routes=[mh.proxy("/p", backend.url)]))
+    assert client.post("/p/form", data={"a": "1", "b": "2"}).json()["body"] == "a=1&b=2"
+    assert _headers_of(backend.last())["content-length"] == "7"
+
+
+def test_proxy_passes_through_the_middleware_onion(backend: Backend) -> None:
+    seen = []
+
+    def stamp(get_response: Callable[..., Any]) -> Callable[..., Any]:
+        def middleware(request: Request) -> HttpResponse:
+            seen.append(request.path)
+            if request.path.endswith("/blocked"):
+                return HttpResponse("no", status=403)
+            response = get_response(request)
+            response["X-Onion"] = "1"
+            return response
+        return middleware
+
+    client = Client(App(middleware=[stamp], routes=[mh.proxy("/p", backend.url)]))
+    response = client.get("/p/x")
+    assert response.status_code == 200 and response.headers["X-Onion"] == "1"
+    assert client.get("/p/blocked").status_code == 403
+    assert seen == ["/p/x", "/p/blocked"]
+    assert [record["path"] for record in backend.records] == ["/x"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_proxy_upstream_down_is_502_saying_nothing_of_it(debug: bool) -> None:
+    port = _closed_port()
+    app = App(debug=debug, routes=[mh.proxy("/p", f"http://127.0.0.1:{port}/secret-path")])
+    response = Client(app).get("/p/x")
+    assert response.status_code == 502
+    for internal in (str(port), "secret-path", "refused", "Errno", "http.client"):
+        assert internal not in response.text
+
+
+def test_proxy_502_page_can_be_styled_by_an_error_handler() -> None:
+    app = App(routes=[mh.proxy("/p", f"http://127.0.0.1:{_closed_port()}")])
+
+    @app.error_handler(502)
+    def bad_gateway(request: Request, exc: Exception) -> HttpResponse:
+        return HttpResponse("The backend is resting.", status=502)
+
+    response = Client(app).get("/p/x")
+    assert (response.status_code, response.text) == (502, "The backend is resting.")
+
+
+def test_proxy_upstream_that_never_answers_is_504() -> None:
+    with socket.socket() as silent:  # listens, so connecting works, but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        app = App(routes=[mh.proxy("/p", f"http://127.0.0.1:{port}", timeout=0.5)])
+        response = Client(app).get("/p/x")
+    assert response.status_code == 504
+    assert str(port) not in response.text and "timed out" not in response.text
+
+
+@pytest.mark.parametrize("answer", [
+    b"SMTP ready\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\nhello",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    b"HTTP/1.1 200 \x01\r\nContent-Length: 0\r\n\r\n",
+])
+def test_proxy_upstream_answering_what_cannot_be_relayed_is_502(answer: bytes) -> None:
+    with socket.socket() as liar:
+        liar.bind(("127.0.0.1", 0))
+        liar.listen(8)
+        liar.settimeout(10)
+
+        def answer_once() -> None:
+            try:
+                conn, _ = liar.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+        thread = threading.Thread(target=answer_once, daemon=True)
+        thread.start()
+        app = App(routes=[mh.proxy("/p", f"http://127.0.0.1:{liar.getsockname()[1]}",
+                                   timeout=5)])
+        response = Client(app).get("/p/x")
+        thread.join(10)
+    assert response.status_code == 502
+    assert response.text == "502 Bad Gateway\n"
+
+
+def test_proxy_body_over_max_body_size_with_length_never_reaches_the_upstream(
+        backend: Backend) -> None:
+    app = App(max_body_size=1000, routes=[mh.proxy("/p", backend.url)])
+    assert Client(app).post("/p/upload", body=b"x" * 5000).status_code == 413
+    assert backend.server.connections == 0
+    assert Client(app).post("/p/upload", body=b"x" * 1000).json()["body"] == "x" * 1000
+
+
+def test_proxy_chunked_body_over_max_body_size_is_cut_off_midway(backend: Backend) -> None:
+    limit, total = 100_000, 300_000
+    app = App(max_body_size=limit, routes=[mh.proxy("/p", backend.url)])
+    chunk = b"y" * 10_000
+    body = b"".join(b"%X\r\n%s\r\n" % (len(chunk), chunk) for _ in range(total // len(chunk)))
+    with front_server(app) as port:
+        raw = exchange(port, b"POST /p/upload HTTP/1.1\r\nHost: front\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 413 ")
+    record = backend.last()  # it started to arrive, streamed ...
+    assert not record["whole"]  # ... and was never completed
+    assert 0 < len(record["body"]) <= limit
+
+
+def test_proxy_streams_a_chunked_body_within_the_limit(backend: Backend) -> None:
+    app = App(routes=[mh.proxy("/p", backend.url)])
+    with front_server(app) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("PUT", "/p/up", body=iter([b"ab", b"cd", b"ef"]),
+                               encode_chunked=True)
+            assert json.loads(connection.getresponse().read())["body"] == "abcdef"
+        finally:
+            connection.close()
+    record = backend.last()
+    assert record["whole"] and _headers_of(record)["transfer-encoding"] == "chunked"
+
+
+@pytest.fixture
+def tls_backend(tmp_path: Path) -> Iterator[tuple[Backend, Path]]:
+    """An https backend whose certificate is signed by a test CA; the CA's file is
+    returned, not trusted anywhere yet."""
+    import ssl
+
+    import trustme
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _UpstreamHandler)
+    server.daemon_threads = True
+    server.records, server.connections = [], 0  # type: ignore[attr-defined]
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    try:
+        yield Backend(server, server.server_address[1]), ca_file
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(15)
+
+
+def test_proxy_https_upstream_verified_with_the_default_context(
+        tls_backend: tuple[Backend, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    tls, ca_file = tls_backend
+    url = f"https://127.0.0.1:{tls.port}/secure"
+    # Not trusted: the default context verifies the certificate and refuses it.
+    assert Client(App(routes=[mh.proxy("/p", url)])).get("/p/x").status_code == 502
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the default context trusts the CA
+    response = Client(App(routes=[mh.proxy("/p", url)])).get("/p/x?q=1")
+    assert response.status_code == 200 and response.json()["path"] == "/secure/x?q=1"
+
+
+@pytest.mark.parametrize("prefix, upstream", [
+    ("/p", "ftp://127.0.0.1/"), ("/p", "127.0.0.1:8000"), ("/p", "http://u:pw@127.0.0.1/"),
+    ("/p", "http://127.0.0.1:99999/"), ("/p", "http://127.0.0.1/?q=1"), ("p", "http://h/"),
+])
+def test_proxy_refuses_an_upstream_it_cannot_use(prefix: str, upstream: str) -> None:
+    with pytest.raises(ImproperlyConfigured):
+        mh.proxy(prefix, upstream)
