@@ -6056,7 +6056,7 @@ def _import_uvicorn() -> Any:
     return uvicorn
 
 
-def _asgi_of(app: Any) -> Callable[..., Any]:
+def _asgi_app_to_serve(app: Any) -> Callable[..., Any]:
     """What an ASGI server serves for `app`: an App's `app.asgi`, or an ASGI app itself."""
     asgi = getattr(app, "asgi", None)
     if asgi is not None:
@@ -6084,7 +6084,7 @@ class _UvicornServer(_ServerAdapter):
             self._socket.listen(2048)
             # uvicorn's own logging setup only when the program has none (as for wsgiref).
             options = {} if not logging.getLogger().handlers else {"log_config": None}
-            self._config = uvicorn.Config(_asgi_of(app), lifespan="on",
+            self._config = uvicorn.Config(_asgi_app_to_serve(app), lifespan="on",
                                           timeout_graceful_shutdown=int(_GRACE_SECONDS),
                                           **options)
         except BaseException:
@@ -6412,7 +6412,7 @@ def _load_app(target: str) -> Callable[..., Any]:
 
 def _check_serves_asgi(app: Any, target: str) -> None:
     try:
-        _asgi_of(app)
+        _asgi_app_to_serve(app)
     except TypeError:
         raise _AppLoadError(f"{target} is a WSGI application, not an App: uvicorn serves "
                             "ASGI applications") from None
