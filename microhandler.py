@@ -6084,7 +6084,7 @@ class _UvicornServer(_ServerAdapter):
             self._socket.listen(2048)
             # uvicorn's own logging setup only when the program has none (as for wsgiref).
             options = {} if not logging.getLogger().handlers else {"log_config": None}
-            self._config = uvicorn.Config(_asgi_app_to_serve(app), lifespan="on",
+            self._config = uvicorn.Config(_asgi_app_to_serve(app),
                                           timeout_graceful_shutdown=int(_GRACE_SECONDS),
                                           **options)
         except BaseException:
