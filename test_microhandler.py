@@ -9182,7 +9182,13 @@ async def shutdown_async():
 
 app = App(max_body_size=4 * 2**20, on_startup=[startup_sync, startup_async],
           on_shutdown=[shutdown_sync, shutdown_async])
-request_finished.connect(lambda sender, **kwargs: note("finished"))
+
+
+def on_finished(sender, **kwargs):
+    note("finished")
+
+
+request_finished.connect(on_finished)
 
 
 @app.route("/ping")
@@ -9635,18 +9641,30 @@ def test_asgi_server_websocket_handler_sees_the_client_leave(asgi_live: AsgiLive
 
 # -- serve(app, server="uvicorn") and the command line
 
-def load_asgi_module(directory: Path) -> Any:
-    path = directory / "asgiapp.py"
-    path.write_text(ASGI_SOURCE)
-    spec = importlib.util.spec_from_file_location(f"asgiapp_{next(_module_numbers)}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def load_asgi_module() -> Iterator[Callable[[Path], Any]]:
+    """Import ASGI_SOURCE in this process; its request_finished receiver goes afterwards."""
+    loaded: list[Any] = []
+
+    def load(directory: Path) -> Any:
+        path = directory / "asgiapp.py"
+        path.write_text(ASGI_SOURCE)
+        spec = importlib.util.spec_from_file_location(f"asgiapp_{next(_module_numbers)}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        loaded.append(module)
+        return module
+
+    try:
+        yield load
+    finally:
+        for module in loaded:
+            request_finished.disconnect(module.on_finished)
 
 
-def test_make_server_uvicorn_serves_app_asgi_in_a_thread(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_make_server_uvicorn_serves_app_asgi_in_a_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_asgi_module: Any) -> None:
     from websockets.sync.client import connect
     log = tmp_path / "events.log"
     monkeypatch.setenv("ASGI_LOG", str(log))
@@ -9675,7 +9693,8 @@ def test_make_server_uvicorn_serves_app_asgi_in_a_thread(tmp_path: Path,
     assert lines[-2:] == ["shutdown sync", "shutdown async"]
 
 
-def test_make_server_uvicorn_shutdown_before_serving(tmp_path: Path) -> None:
+def test_make_server_uvicorn_shutdown_before_serving(tmp_path: Path,
+                                                     load_asgi_module: Any) -> None:
     server = servers.make_server(load_asgi_module(tmp_path).app, HOST, 0, server="uvicorn")
     server.shutdown()
     server.serve_forever()   # returns at once
@@ -9687,8 +9706,8 @@ def test_make_server_uvicorn_refuses_a_wsgi_callable(tmp_path: Path) -> None:
         servers.make_server(load_app_module(tmp_path).app, HOST, 0, server="uvicorn")
 
 
-def test_missing_uvicorn_says_how_to_install(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_uvicorn_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            load_asgi_module: Any) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     with pytest.raises(ImportError, match=r'pip install "uvicorn\[standard\]"'):
         servers.make_server(load_asgi_module(tmp_path).app, HOST, 0, server="uvicorn")
