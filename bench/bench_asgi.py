@@ -9,8 +9,8 @@ frameworks take turns inside every repeat, and every app's answer is checked onc
 timing. Times are reported as a ratio to a hand-written raw ASGI function (the floor) and,
 for microhandler, to the faster of Starlette and Falcon.
 
-    python bench/bench_asgi.py                 # about 1 minute
-    python bench/bench_asgi.py --quick         # about 15 s: same cells, fewer calls
+    python bench/bench_asgi.py                 # about 30 s
+    python bench/bench_asgi.py --quick         # a few seconds: same cells, fewer calls
     python bench/bench_asgi.py --only microhandler,starlette --scenarios hello,json
     python bench/bench_asgi.py --profile       # cProfile of microhandler's ASGI hello
 
