@@ -5,6 +5,8 @@ parsers; responses; templates; routing; middleware and the App handler; the test
 servers and the command line. The core imports only the standard library; waitress and
 jinja2 are optional and imported inside the functions that use them.
 """
+# Optional servers may be missing or untyped; a user's `mypy --strict` must not fail on them.
+# mypy: disable-error-code="import-untyped,import-not-found"
 
 from __future__ import annotations
 
@@ -23,12 +25,16 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    MutableMapping,
     Sequence,
 )
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers only
+# Checkers (mypy, pyright) read this name as True. Not `from typing import TYPE_CHECKING`:
+# that would import typing, milliseconds of import time, for type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
     import argparse
     import socket
     import subprocess
@@ -36,30 +42,41 @@ if TYPE_CHECKING:  # typing costs milliseconds of import time: for type checkers
 
     _StrMapping = Mapping[str, Any]
     _HeaderMapping = Mapping[str, str]
+    _StrMutableMapping = MutableMapping[str, Any]
     _F = TypeVar("_F", bound=Callable[..., Any])
     # A request's journey: yields (function, args, kwargs, offload), returns the response.
     _Receive = Callable[[], Awaitable[dict[str, Any]]]
     _Send = Callable[[dict[str, Any]], Awaitable[None]]
     _Journey = Generator[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], bool],
                          Any, Any]
+    # For the public signatures (issue 14): what each takes and gives, for users' checkers.
+    import json
+    from datetime import datetime, timedelta
+    from http.cookies import SimpleCookie
+    from typing import overload
+
+    _T = TypeVar("_T")
+    _Middleware = TypeVar("_Middleware", bound=Callable[..., Any] | str)
 else:
     _StrMapping = _HeaderMapping = Mapping
-from urllib.parse import quote, unquote_to_bytes, urlsplit
+    _StrMutableMapping = MutableMapping
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ASGIHandler", "App", "BadHeaderError", "BadRequest", "Client", "ClientResponse",
-    "DisallowedRedirect", "FileResponse", "Headers", "Http404", "HttpError", "HttpResponse",
+    "ConditionalGetMiddleware", "CorsMiddleware", "CsrfViewMiddleware", "DisallowedRedirect",
+    "FileResponse", "GZipMiddleware", "Headers", "Http404", "HttpError", "HttpResponse",
     "HttpResponseRedirect", "ImproperlyConfigured", "JsonResponse", "LimitedStream",
     "MethodNotAllowed", "MiddlewareNotUsed", "MultiDict", "NoReverseMatch", "PermissionDenied",
-    "QueryDict", "Request", "RequestDataTooBig", "Resolver", "ResolverMatch", "Route",
-    "SafeString", "Signal", "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader",
-    "TemplateResponse", "UploadedFile", "View", "WebSocket", "WebSocketDisconnect",
-    "WebSocketSession", "check_header", "convert_exception_to_response", "escape",
-    "got_request_exception", "include", "is_safe_url", "main", "make_server", "mark_safe",
-    "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "proxy", "redirect",
-    "request_finished", "request_started", "route", "serve", "static",
+    "QueryDict", "RawPostDataException", "Request", "RequestDataTooBig", "Resolver",
+    "ResolverMatch", "Route", "SafeString", "SecurityMiddleware", "SessionMiddleware", "Signal",
+    "StreamingHttpResponse", "Template", "TemplateError", "TemplateLoader", "TemplateResponse",
+    "UploadedFile", "View", "WebSocket", "WebSocketDisconnect", "WebSocketSession", "add_message",
+    "check_header", "convert_exception_to_response", "csrf_exempt", "csrf_token", "escape",
+    "get_messages", "got_request_exception", "include", "is_safe_url", "main", "make_server",
+    "mark_safe", "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "proxy",
+    "redirect", "request_finished", "request_started", "route", "serve", "static",
 ]
 
 
@@ -119,6 +136,11 @@ class RequestDataTooBig(HttpError):
 
 class ImproperlyConfigured(Exception):
     """The application is set up wrongly (a middleware, a route, a missing secret_key)."""
+
+
+class RawPostDataException(Exception):
+    """The body was asked for (`body`, `POST`, `FILES`, `json`) after part of it was read
+    from `request.stream`: a programming error (a 500), as in Django; read it first."""
 
 
 class MiddlewareNotUsed(Exception):
@@ -243,7 +265,23 @@ class MultiDict(_StrMapping):
 class QueryDict(MultiDict):
     """The MultiDict of query strings and forms; `QueryDict("a=1&b=2")` parses one."""
 
-    def __init__(self, query: str | bytes | Iterable[tuple[str, Any]] | None = None,
+    if TYPE_CHECKING:  # its values are text: checkers see str where a MultiDict has Any
+        def __getitem__(self, key: str) -> str: ...
+        @overload  # type: ignore[override]
+        def get(self, key: str) -> str | None: ...
+        @overload
+        def get(self, key: str, default: str) -> str: ...
+        @overload
+        def get(self, key: str, default: _T) -> str | _T: ...
+        def get(self, key: str, default: Any = None) -> Any: ...
+        def getlist(self, key: str, default: list[str] | None = None) -> list[str]: ...
+        def items(self) -> Iterator[tuple[str, str]]: ...  # type: ignore[override]
+        def lists(self) -> Iterator[tuple[str, list[str]]]: ...
+        def multi_items(self) -> Iterator[tuple[str, str]]: ...
+        def dict(self) -> dict[str, str]: ...
+        def copy(self) -> QueryDict: ...
+
+    def __init__(self, query: str | bytes | Iterable[tuple[str, str]] | None = None,
                  *, mutable: bool = False, encoding: str = "utf-8") -> None:
         if query is None:
             query = ()
@@ -294,7 +332,16 @@ class Headers(_HeaderMapping):
         return "HTTP_" + key
 
     def __getitem__(self, name: str) -> str:
-        return self._environ[self._environ_key(name)]
+        value: str = self._environ[self._environ_key(name)]
+        return value
+
+    if TYPE_CHECKING:  # a header's value is text; get() without a default may give None
+        @overload
+        def get(self, name: str) -> str | None: ...
+        @overload
+        def get(self, name: str, default: str) -> str: ...
+        @overload
+        def get(self, name: str, default: _T) -> str | _T: ...
 
     def get(self, name: str, default: Any = None) -> Any:
         return self._environ.get(self._environ_key(name), default)
@@ -350,7 +397,7 @@ class Signal:
         self.receivers: list[Callable[..., Any]] = []
         self._lock = _thread.allocate_lock()
 
-    def connect(self, receiver: Callable[..., Any]) -> Callable[..., Any]:
+    def connect(self, receiver: _F) -> _F:
         """Add a receiver (once); returns it, so `connect` also works as a decorator."""
         with self._lock:
             if receiver not in self.receivers:
@@ -868,23 +915,26 @@ def _is_form_charset(name: str) -> bool:
     return bool(text_codec) and info.name not in _REFUSED_CHARSETS
 
 
-class _lazy:  # noqa: N801 (a decorator, named like functools.cached_property)
-    """A cached property for the hot path: computed on first access, then a plain attribute.
+if TYPE_CHECKING:  # checkers see each property's own type (request.GET is a QueryDict)
+    from functools import cached_property as _lazy
+else:
+    class _lazy:  # noqa: N801 (a decorator, named like functools.cached_property)
+        """A cached property for the hot path: computed on first access, then an attribute.
 
-    PERF: a non-data descriptor, so after the first access the instance's __dict__ wins
-    and reading the value costs a dict lookup (functools.cached_property takes a lock on 3.11).
-    """
+        PERF: a non-data descriptor, so after the first access the instance's __dict__ wins
+        and reading the value costs a dict lookup (cached_property takes a lock on 3.11).
+        """
 
-    def __init__(self, func: Callable[[Any], Any]) -> None:
-        self.func = func
-        self.name = func.__name__
-        self.__doc__ = func.__doc__
+        def __init__(self, func: Callable[[Any], Any]) -> None:
+            self.func = func
+            self.name = func.__name__
+            self.__doc__ = func.__doc__
 
-    def __get__(self, obj: Any, cls: Any = None) -> Any:
-        if obj is None:
-            return self
-        value = obj.__dict__[self.name] = self.func(obj)
-        return value
+        def __get__(self, obj: Any, cls: Any = None) -> Any:
+            if obj is None:
+                return self
+            value = obj.__dict__[self.name] = self.func(obj)
+            return value
 
 
 class LimitedStream:
@@ -950,13 +1000,24 @@ class LimitedStream:
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
 
+    def tell(self) -> int:
+        """How many bytes were read so far."""
+        return self._read
+
     def exhausted(self) -> bool:
         return self._remaining is not None and self._remaining <= 0
 
 
 # What quote() leaves alone in a path: RFC 3986 pchar and "/".
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
-_HOST_SYNTAX = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(:[0-9]{1,5})?")
+# What quote() leaves alone in a whole URI (Django's iri_to_uri): reserved characters and "%".
+_URI_SAFE = "/#%[]=:;$&()+,!?*@'~"
+# Django's host grammar (django.http.request.host_validation_re) with a domain name's
+# labels spelled out: a domain name or IPv4 address (no empty label, one optional trailing
+# dot) or a bracketed IPv6 literal, then an optional port. Labels are separated by a
+# required dot, so matching is linear.
+_HOST_SYNTAX = re.compile(
+    r"((?:[a-z0-9-]+\.)*[a-z0-9-]+\.?|\[[a-f0-9]*:[a-f0-9.:]+\])(?::[0-9]{1,5})?")
 _MISSING: Any = object()
 
 
@@ -971,6 +1032,7 @@ def _host_is_allowed(domain: str, allowed_hosts: Iterable[str]) -> bool:
     return False
 
 
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _FORM_FIELD = re.compile(rb"[^&]+")
 _UTF_LABELS = frozenset({"utf-8", "utf8", "utf-16", "utf-16le", "utf-16be", "utf-32",
                          "utf-32le", "utf-32be"})
@@ -1015,6 +1077,7 @@ class Request:
 
     _files_to_close: Sequence[Any] = ()
     _route_found: tuple[Route, tuple[Any, ...], dict[str, Any]]
+    session: _Session  # set by SessionMiddleware
 
     def __init__(self, environ: dict[str, Any], app: App | None = None) -> None:
         self.environ = self.META = environ
@@ -1057,7 +1120,7 @@ class Request:
 
     @_lazy
     def script_name(self) -> str:
-        raw = self.environ.get("SCRIPT_NAME", "")
+        raw: str = self.environ.get("SCRIPT_NAME", "")
         try:
             return raw.encode("latin-1").decode("utf-8").rstrip("/")
         except UnicodeError:
@@ -1069,11 +1132,13 @@ class Request:
 
     @property
     def query_string(self) -> str:
-        return self.environ.get("QUERY_STRING", "")
+        query: str = self.environ.get("QUERY_STRING", "")
+        return query
 
     @property
     def scheme(self) -> str:
-        return self.environ.get("wsgi.url_scheme", "http")
+        scheme: str = self.environ.get("wsgi.url_scheme", "http")
+        return scheme
 
     @property
     def is_secure(self) -> bool:
@@ -1089,7 +1154,8 @@ class Request:
             port = environ.get("SERVER_PORT", "")
             if port and port != ("443" if self.is_secure else "80"):
                 host = f"{host}:{port}"
-        host = host.lower()
+        # isascii first: lower() maps some non-ASCII letters (the Kelvin sign) to ASCII ones.
+        host = host.lower() if host.isascii() else ""
         match = _HOST_SYNTAX.fullmatch(host)
         if match is None:
             raise BadRequest("Invalid Host header")
@@ -1099,12 +1165,28 @@ class Request:
         return host
 
     def build_absolute_uri(self, location: str | None = None) -> str:
-        """An absolute URL for `location` (default: this request's path and query)."""
-        from urllib.parse import urljoin
-        current = quote(self.path, safe=_PATH_SAFE)
+        """An absolute URL for `location`, by Django's rules: an absolute URL is returned as
+        it is, anything else is joined to this request's URL. Without `location`, this
+        request's path and query, on its own host even when the path starts with "//"."""
+        origin = f"{self.scheme}://{self.host}"
+        path = quote(self.path, safe=_PATH_SAFE)
         if location is None:
-            location = current + (f"?{self.query_string}" if self.query_string else "")
-        return urljoin(f"{self.scheme}://{self.host}{current}", location)
+            # Never joined: urljoin would read a path "//evil.example/x" as a host.
+            query = self.query_string
+            if not query:
+                return origin + path
+            # PEP 3333 hands the query's bytes over as latin-1: quote those bytes.
+            return f"{origin}{path}?{quote(query, _URI_SAFE, 'latin-1', 'replace')}"
+        parts = urlsplit(location)
+        if not (parts.scheme and parts.netloc):
+            if (parts.path.startswith("/") and not parts.scheme and not parts.netloc
+                    and not _DOT_SEGMENT.search(parts.path)):
+                # A rooted path ("///x" too: no host in it) needs no join.
+                location = origin + location.removeprefix("//")
+            else:
+                from urllib.parse import urljoin
+                location = urljoin(origin + path, location)
+        return quote(location, safe=_URI_SAFE)
 
     # -- headers
     @_lazy
@@ -1125,8 +1207,20 @@ class Request:
 
     @property
     def encoding(self) -> str:
+        """The charset forms are decoded with: the one set on the request, else the body's
+        charset when it is a text encoding, else UTF-8."""
+        chosen: str | None = self.__dict__.get("_encoding")
+        if chosen is not None:
+            return chosen
         charset = self.content_params.get("charset", "utf-8")
         return charset if _is_form_charset(charset) else "utf-8"
+
+    @encoding.setter
+    def encoding(self, value: str) -> None:
+        """As Django: the next access to GET and POST decodes them again, with `value`."""
+        self.__dict__["_encoding"] = value
+        self.__dict__.pop("GET", None)
+        self.__dict__.pop("POST", None)
 
     @_lazy
     def content_length(self) -> int | None:
@@ -1167,10 +1261,26 @@ class Request:
 
     @_lazy
     def body(self) -> bytes:
+        """The whole body; afterwards `stream` reads it again, from memory."""
+        self._refuse_if_streamed("request.body")
+        data = self.stream.read()
+        self.__dict__["stream"] = LimitedStream(io.BytesIO(data), len(data))
+        return data
+
+    def _refuse_if_streamed(self, what: str) -> None:
+        """RawPostDataException when bytes were taken from the server's stream other than
+        by `body`: what is left of it is not the body (Django's rule)."""
+        stream = self.__dict__.get("stream")
+        if stream is None or not stream.tell() or "body" in self.__dict__:
+            return
         if self.__dict__.get("_body_streamed"):
-            raise RuntimeError("request.body cannot be read after POST/FILES consumed "
-                               "the multipart stream; read request.body first")
-        return self.stream.read()
+            raise RawPostDataException(
+                f"{what} cannot be read: POST and FILES were parsed from the multipart "
+                "stream, which is not kept in memory. Read request.body first, and set "
+                "request.encoding before reading POST")
+        raise RawPostDataException(
+            f"{what} cannot be read after part of the body was read from request.stream; "
+            f"read {what} first (request.stream then reads the body again, from memory)")
 
     @_lazy
     def json(self) -> Any:
@@ -1179,6 +1289,7 @@ class Request:
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise BadRequest("Expected a JSON body (Content-Type: application/json)")
         import json
+        self._refuse_if_streamed("request.json")
         body = self.body
         # RFC 8259: UTF-8, or UTF-16/32 told by the first bytes. Decoded strictly here:
         # json.loads(bytes) would accept encoded lone surrogates.
@@ -1210,7 +1321,10 @@ class Request:
     # -- query, forms and cookies
     @_lazy
     def GET(self) -> QueryDict:
-        return QueryDict(self.environ.get("QUERY_STRING", ""))
+        # UTF-8 (RFC 3986) unless request.encoding was set: unlike Django, the body's
+        # charset is not applied to the URL (a UTF-16 JSON body would garble the query).
+        encoding = self.__dict__.get("_encoding") or "utf-8"
+        return QueryDict(self.environ.get("QUERY_STRING", ""), encoding=encoding)
 
     @_lazy
     def COOKIES(self) -> dict[str, str]:
@@ -1222,28 +1336,31 @@ class Request:
     @_lazy
     def POST(self) -> QueryDict:
         self._load_post_and_files()
-        return self.__dict__["POST"]
+        post: QueryDict = self.__dict__["POST"]
+        return post
 
     @_lazy
     def FILES(self) -> MultiDict:
         self._load_post_and_files()
-        return self.__dict__["FILES"]
+        files: MultiDict = self.__dict__["FILES"]
+        return files
 
     def _load_post_and_files(self) -> None:
+        """Parse a form for POST requests only, as Django: other methods read request.body
+        or request.json."""
         fields: list[tuple[str, Any]] = []
         files: list[tuple[str, Any]] = []
-        content_type = self.content_type
-        if self.method in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE") and not (
-                self.content_length or self.environ.get("wsgi.input_terminated")):
-            pass
-        elif content_type == "application/x-www-form-urlencoded":
-            fields = self._parse_urlencoded()
-        elif content_type == "multipart/form-data":
-            fields, files = self._read_multipart()
+        if self.method == "POST":
+            content_type = self.content_type
+            if content_type == "application/x-www-form-urlencoded":
+                fields = self._parse_urlencoded()
+            elif content_type == "multipart/form-data":
+                fields, files = self._read_multipart()
         self.__dict__["POST"] = QueryDict(fields)
         self.__dict__["FILES"] = MultiDict(files)
 
     def _parse_urlencoded(self) -> list[tuple[str, Any]]:
+        self._refuse_if_streamed("request.POST")
         body = self.body
         limit = self._max_form_fields
         # Empty fields ("a=1&&") do not count; the scan stops one past the limit.
@@ -1257,12 +1374,21 @@ class Request:
         if "body" in self.__dict__:
             read: Callable[[int], bytes] = io.BytesIO(self.__dict__["body"]).read
         else:
+            self._refuse_if_streamed("request.POST/FILES")
+            # PERF: uploads go from the stream to their files, never all held in memory.
             self.__dict__["_body_streamed"] = True
             read = self.stream.read
         fields, files = _parse_multipart(read, boundary, max_fields=self._max_form_fields,
                                          encoding=self.encoding)
         self._files_to_close = [*self._files_to_close, *(upload for _, upload in files)]
         return fields, files
+
+    if TYPE_CHECKING:  # the value is text; with a default, that default's type too
+        @overload
+        def get_signed_cookie(self, key: str, *, max_age: float | None = None) -> str: ...
+        @overload
+        def get_signed_cookie(self, key: str, default: _T,
+                              max_age: float | None = None) -> str | _T: ...
 
     def get_signed_cookie(self, key: str, default: Any = _MISSING,
                           max_age: float | None = None) -> Any:
@@ -1498,11 +1624,12 @@ class HttpResponse:
 
     # -- cookies
     @_lazy
-    def cookies(self) -> Any:
+    def cookies(self) -> SimpleCookie:
         from http.cookies import SimpleCookie
         return SimpleCookie()
 
-    def set_cookie(self, key: str, value: str = "", max_age: Any = None, expires: Any = None,
+    def set_cookie(self, key: str, value: str = "", max_age: float | timedelta | None = None,
+                   expires: str | datetime | float | None = None,
                    path: str | None = "/", domain: str | None = None, secure: bool = False,
                    httponly: bool = False, samesite: str | None = None) -> None:
         """Set a cookie; `max_age` in seconds (or a timedelta) also sets `expires`."""
@@ -1578,7 +1705,7 @@ class HttpResponse:
                 request_finished.send_robust(sender=type(self))
 
 
-class _ResponseHeaders(Mapping):
+class _ResponseHeaders(_HeaderMapping):
     """`response.headers`: the same case-insensitive headers, as a mutable mapping."""
 
     def __init__(self, response: HttpResponse) -> None:
@@ -1653,7 +1780,8 @@ def _compact_json_encoder() -> Any:
 class JsonResponse(HttpResponse):
     """`data` serialised as JSON; lists are allowed (no JSON-hijacking concern today)."""
 
-    def __init__(self, data: Any, status: int = 200, *, encoder: Any = None,
+    def __init__(self, data: Any, status: int = 200, *,
+                 encoder: type[json.JSONEncoder] | None = None,
                  json_dumps_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
         import json
         kwargs.setdefault("content_type", "application/json")
@@ -1739,7 +1867,8 @@ class FileResponse(StreamingHttpResponse):
 
     block_size = 64 * 1024
 
-    def __init__(self, file_or_path: Any, as_attachment: bool = False,
+    def __init__(self, file_or_path: str | os.PathLike[str] | IO[bytes],
+                 as_attachment: bool = False,
                  filename: str | None = None, status: int = 200,
                  content_type: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
@@ -1963,10 +2092,8 @@ def mark_safe(value: Any) -> SafeString:
 
 
 def escape(value: Any) -> SafeString:
-    """HTML-escape `value` once: ``& < > " '`` -> ``&amp; &lt; &gt; &quot; &#x27;``.
-
-    A SafeString (or an object with ``__html__``) is returned unchanged, never escaped twice.
-    """
+    """HTML-escape `value` once (``& < > " '``); a SafeString or an object with ``__html__``
+    is returned as it is, never escaped twice."""
     return value if isinstance(value, SafeString) else SafeString(_to_html(value))
 
 
@@ -1974,9 +2101,16 @@ if TYPE_CHECKING:  # the scope is the context plus loop names
     _TemplateScope = dict[str, Any]
     _Eval = Callable[[_TemplateScope], Any]
     _Render = Callable[[_TemplateScope, list[str]], None]
+    _Blocks = dict[str, tuple[_Render, ...]]  # block name -> its versions, most derived first
+    _Filter = tuple[str, Callable[..., Any], _Eval | None]  # name, function, argument
 
 # Marks "lookup found nothing"; distinct from None, which is a legitimate value to print.
 _UNRESOLVED: Any = object()
+# The scope key under which a template's blocks travel: no template can write this name.
+_BLOCKS = " blocks"
+# Deeper nesting of tags, parentheses or templates is refused when compiled, so that no
+# template, however written, ends in Python's RecursionError.
+_MAX_NESTING = 40
 
 
 class _TemplateOrigin:
@@ -2018,13 +2152,9 @@ def _lookup_step(obj: Any, key: str, index: int | None) -> Any:
 
 
 def _call_if_callable(value: Any) -> Any:
-    """Call what a lookup found, as Django does, so `{{ user.get_full_name }}` works.
-
-    Classes are not called (a template has no business building objects), nor objects that
-    set ``do_not_call_in_templates``. A callable that needs arguments counts as not found,
-    and so does one marked ``alters_data`` (Django's guard: ``{{ obj.delete }}`` must not
-    delete anything).
-    """
+    """Call what a lookup found, as Django does (`{{ user.get_full_name }}`); not classes, nor
+    objects with ``do_not_call_in_templates``. One that needs arguments counts as not found,
+    and so does one marked ``alters_data`` (``{{ obj.delete }}`` must not delete anything)."""
     if not callable(value) or isinstance(value, type):
         return value
     if getattr(value, "do_not_call_in_templates", False):
@@ -2034,78 +2164,60 @@ def _call_if_callable(value: Any) -> Any:
     try:
         return value()
     except TypeError:
-        if _needs_arguments(value):
-            return _UNRESOLVED
-        raise  # a TypeError from inside the callable is a bug to show, not a missing value
+        if _signature_fits(value):  # no signature: assume it needed arguments
+            raise  # a TypeError from inside the callable is a bug to show, not a missing value
+        return _UNRESOLVED
 
 
-def _needs_arguments(func: Callable[..., Any]) -> bool:
+def _signature_fits(func: Callable[..., Any], *args: Any) -> bool | None:
+    """Whether `func` can be called with `args`; None when it has no signature to read."""
+    import inspect
     try:
-        import inspect
-        inspect.signature(func).bind()
-    except (TypeError, ValueError):  # ValueError: no signature to inspect, assume it was that
-        return True
-    return False
+        inspect.signature(func).bind(*args)
+    except TypeError:
+        return False
+    except ValueError:  # some builtins
+        return None
+    return True
 
 
-def _unresolved(segments: list[str], failed: int, origin: _TemplateOrigin, strict: bool) -> Any:
-    """The value of a lookup that found nothing: "" when lenient, an error when strict."""
-    if not strict:
-        return ""
-    if failed == 0:
-        raise origin.error(f"name {segments[0]!r} is not defined")
-    path, found = ".".join(segments), ".".join(segments[:failed])
-    raise origin.error(
-        f"cannot resolve {path!r}: {found!r} has no key, attribute or index "
-        f"{segments[failed]!r} (or a callable that needs arguments or alters data)")
-
-
-def _compile_lookup(path: str, origin: _TemplateOrigin, strict: bool) -> _Eval:
-    """Compile a dotted name such as ``user.addresses.0.city`` into an evaluator."""
+def _compile_lookup(path: str, origin: _TemplateOrigin, strict: bool,
+                    missing: Any = "") -> _Eval:
+    """Compile a dotted name such as ``user.addresses.0.city`` into an evaluator; what is not
+    there gives `missing`, or a TemplateError when `strict`."""
     segments = path.split(".")
     head = segments[0]
     steps = tuple((key, int(key) if key.isascii() and key.isdigit() else None)
                   for key in segments[1:])
 
+    def not_found(failed: int) -> Any:
+        if not strict:
+            return missing
+        if failed == 0:
+            raise origin.error(f"name {head!r} is not defined")
+        raise origin.error(
+            f"cannot resolve {path!r}: {'.'.join(segments[:failed])!r} has no key, attribute "
+            f"or index {segments[failed]!r} (or a callable that needs arguments or alters data)")
+
     def evaluate(scope: _TemplateScope) -> Any:
         value = _call_if_callable(scope.get(head, _UNRESOLVED))
         if value is _UNRESOLVED:
-            return _unresolved(segments, 0, origin, strict)
+            return not_found(0)
         for position, (key, index) in enumerate(steps, 1):
             value = _call_if_callable(_lookup_step(value, key, index))
             if value is _UNRESOLVED:
-                return _unresolved(segments, position, origin, strict)
+                return not_found(position)
         return value
 
     return evaluate
 
 
-def _constant_eval(value: Any) -> _Eval:
-    def evaluate(scope: _TemplateScope) -> Any:
-        return value
+# -- templates: filters (the README lists them; App(template_filters=...) adds more)
 
-    return evaluate
-
-
-# -- templates: filters
-
-def _keep_safety(value: Any, result: str) -> str:
-    """Changing the case of trusted HTML keeps it trusted (it must not be escaped again)."""
-    return SafeString(result) if isinstance(value, SafeString) else result
-
-
-def _as_sequence(value: Any) -> Sequence[Any]:
-    return value if isinstance(value, Sequence) else list(value)
-
-
-def _filter_first(value: Any) -> Any:
-    items = _as_sequence(value)
-    return items[0] if items else ""
-
-
-def _filter_last(value: Any) -> Any:
-    items = _as_sequence(value)
-    return items[-1] if items else ""
+def _changing_case(method: Callable[[str], str]) -> Callable[[Any], str]:
+    # Trusted HTML stays trusted: upper-cased, it must not be escaped again.
+    return lambda value: (SafeString if isinstance(value, SafeString) else str)(
+        method(str(value)))
 
 
 def _filter_join(value: Any, separator: Any) -> SafeString:
@@ -2113,38 +2225,43 @@ def _filter_join(value: Any, separator: Any) -> SafeString:
     return SafeString(_to_html(separator).join(_to_html(item) for item in value))
 
 
-# name -> (function, takes an argument). `default` and `join` need one, the others take none.
-_FILTERS: dict[str, tuple[Callable[..., Any], bool]] = {
-    "safe": (mark_safe, False),
-    "escape": (escape, False),
-    "upper": (lambda value: _keep_safety(value, str(value).upper()), False),
-    "lower": (lambda value: _keep_safety(value, str(value).lower()), False),
-    "title": (lambda value: _keep_safety(value, str(value).title()), False),
-    "length": (len, False),
-    "default": (lambda value, fallback: value if value else fallback, True),
-    "join": (_filter_join, True),
-    "first": (_filter_first, False),
-    "last": (_filter_last, False),
-    "int": (int, False),
-    "string": (lambda value: value if isinstance(value, SafeString) else str(value), False),
+def _filter_date(value: Any, pattern: str = "%Y-%m-%d") -> Any:
+    """`strftime` on a date, datetime or time; None and "" give "" as in Django."""
+    if value is None or value == "":
+        return ""
+    if not hasattr(value, "strftime"):
+        raise TypeError(f"expected a date or datetime, not {type(value).__name__}")
+    return value.strftime(pattern)
+
+
+# Called as func(value) or func(value, argument): the function's signature says which.
+_FILTERS: dict[str, Callable[..., Any]] = {
+    "safe": mark_safe, "escape": escape, "length": len, "join": _filter_join,
+    "upper": _changing_case(str.upper), "lower": _changing_case(str.lower),
+    "title": _changing_case(str.title), "date": _filter_date,
+    "default": lambda value, fallback: value or fallback,
+    "first": lambda value: next(iter(value), ""), "last": lambda value: (list(value) or [""])[-1],
+    "int": lambda value: int(value),  # int itself has no signature to check
+    "string": lambda value: value if isinstance(value, SafeString) else str(value),
 }
 
 
-def _compile_filter(
-    evaluate: _Eval, name: str, func: Callable[..., Any], argument: _Eval | None,
-    origin: _TemplateOrigin, strict: bool,
-) -> _Eval:
-    """Wrap `evaluate` so that its value goes through the filter `name`."""
+def _compile_filters(evaluate: _Eval, filters: list[_Filter], origin: _TemplateOrigin,
+                     strict: bool) -> _Eval:
+    """Wrap `evaluate` so that its value goes through each filter in turn."""
 
     def filtered(scope: _TemplateScope) -> Any:
         value = evaluate(scope)
-        args = () if argument is None else (argument(scope),)  # outside the try: its own errors
-        try:
-            return func(value, *args)
-        except Exception as exc:  # user data can make any filter fail (int("abc"), len(None))
-            if strict:
-                raise origin.error(f"filter {name!r} failed: {type(exc).__name__}: {exc}") from exc
-            return ""
+        for name, func, argument in filters:
+            args = () if argument is None else (argument(scope),)  # its own errors, unwrapped
+            try:
+                value = func(value, *args)
+            except Exception as exc:  # user data can make any filter fail (int("abc"))
+                if strict:
+                    raise origin.error(
+                        f"filter {name!r} failed: {type(exc).__name__}: {exc}") from exc
+                value = ""
+        return value
 
     return filtered
 
@@ -2161,25 +2278,15 @@ _EXPRESSION_TOKEN = re.compile(r"""
 
 _WORD_OPERATORS = frozenset({"and", "or", "not", "in", "is"})
 _CONSTANTS: dict[str, Any] = {"True": True, "False": False, "None": None}
-
-
-def _contains(left: Any, right: Any) -> bool:
-    return left in right
-
-
-def _not_contains(left: Any, right: Any) -> bool:
-    return left not in right
-
-
 _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
-    "<=": operator.le, ">=": operator.ge, "in": _contains, "not in": _not_contains,
-    "is": operator.is_, "is not": operator.is_not,
+    "<=": operator.le, ">=": operator.ge, "in": lambda a, b: a in b,
+    "not in": lambda a, b: a not in b, "is": operator.is_, "is not": operator.is_not,
 }
 
 
 def _lex_expression(text: str, origin: _TemplateOrigin) -> list[tuple[str, str]]:
-    """Cut an expression into (kind, text) tokens; kinds: string number name const op."""
+    """Cut an expression into (kind, text): string number name const op, then ("end", "")."""
     tokens: list[tuple[str, str]] = []
     text = text.strip()
     position = 0
@@ -2194,24 +2301,13 @@ def _lex_expression(text: str, origin: _TemplateOrigin) -> list[tuple[str, str]]
             kind = "const"
         tokens.append((kind, word))
         position = match.end()
+    tokens.append(("end", ""))
     return tokens
 
 
 def _unquote_literal(literal: str) -> str:
     # Inside quotes a backslash only protects the next character (\" \' \\).
     return re.sub(r"\\(.)", r"\1", literal[1:-1], flags=re.DOTALL)
-
-
-def _either(left: _Eval, right: _Eval) -> _Eval:
-    return lambda scope: left(scope) or right(scope)
-
-
-def _both(left: _Eval, right: _Eval) -> _Eval:
-    return lambda scope: left(scope) and right(scope)
-
-
-def _negate(operand: _Eval) -> _Eval:
-    return lambda scope: not operand(scope)
 
 
 def _compare(op: str, left: _Eval, right: _Eval, origin: _TemplateOrigin, strict: bool) -> _Eval:
@@ -2232,98 +2328,110 @@ def _compare(op: str, left: _Eval, right: _Eval, origin: _TemplateOrigin, strict
 class _ExpressionParser:
     """Recursive descent over one tag's tokens; each method returns a compiled evaluator.
 
-    condition  := and ("or" and)*        and := not ("and" not)*
-    not        := "not" not | comparison  comparison := operand (op operand)?
-    operand    := "(" condition ")" | value ("|" name (":" value)?)*
-    value      := string | number | True | False | None | dotted.name
+    condition := and ("or" and)*             and := not ("and" not)*
+    not := "not"* comparison      comparison := operand (op operand | "is" "not"? "defined")?
+    operand := "(" condition ")" | value ("|" name (":" value)?)*
+    value := string | number | True | False | None | dotted.name
     """
 
-    def __init__(self, text: str, origin: _TemplateOrigin, strict: bool) -> None:
+    def __init__(self, text: str, origin: _TemplateOrigin, strict: bool,
+                 filters: Mapping[str, Callable[..., Any]]) -> None:
         self.text = text.strip()
         self.origin = origin
         self.strict = strict
+        self.filters = filters  # the App's own; the built-in ones are looked up after them
         self.tokens = _lex_expression(text, origin)
         self.position = 0
+        self.depth = 0  # of parentheses
 
     def fail(self, why: str) -> TemplateError:
         return self.origin.error(f"bad expression {self.text!r}: {why}")
 
-    def peek(self) -> tuple[str, str]:
-        if self.position < len(self.tokens):
-            return self.tokens[self.position]
-        return ("end", "")
-
     def take(self) -> tuple[str, str]:
-        token = self.peek()
+        token = self.tokens[self.position]
         self.position += token[0] != "end"
         return token
 
-    def accept(self, op: str) -> bool:
-        if self.peek() == ("op", op):
-            self.position += 1
-            return True
-        return False
+    def accept(self, op: str, kind: str = "op") -> bool:
+        found = self.tokens[self.position] == (kind, op)
+        self.position += found
+        return found
 
     def expect_end(self) -> None:
-        if self.position < len(self.tokens):
+        if self.tokens[self.position][0] != "end":
             raise self.fail(f"unexpected {self.tokens[self.position][1]!r}")
 
     def condition(self) -> _Eval:
-        left = self._and()
-        while self.accept("or"):
-            left = _either(left, self._and())
-        return left
+        return self._joined("or", lambda: self._joined("and", self._not))
 
-    def _and(self) -> _Eval:
-        left = self._not()
-        while self.accept("and"):
-            left = _both(left, self._not())
-        return left
+    def _joined(self, word: str, parse: Callable[[], _Eval]) -> _Eval:
+        """``a or b or c`` as one flat test (a chain of closures would recurse at render)."""
+        operands = [parse()]
+        while self.accept(word):
+            operands.append(parse())
+        stop = word == "and"  # `and` stops at the first false operand, `or` at a true one
+
+        def evaluate(scope: _TemplateScope) -> bool:
+            for operand in operands:
+                if (not operand(scope)) is stop:
+                    return not stop
+            return stop
+
+        return operands[0] if len(operands) == 1 else evaluate
 
     def _not(self) -> _Eval:
-        if self.accept("not"):
-            return _negate(self._not())
-        return self._comparison()
+        negations = 0
+        while self.accept("not"):
+            negations += 1
+        operand = self._comparison()
+        return (lambda scope: not operand(scope)) if negations % 2 else operand
 
     def _comparison(self) -> _Eval:
+        start = self.position
         left = self._operand()
-        op = self._comparison_operator()
-        if op is None:
+        kind, op = self.tokens[self.position]
+        if kind != "op" or (op not in _COMPARISONS and op != "not"):
             return left
-        return _compare(op, left, self._operand(), self.origin, self.strict)
-
-    def _comparison_operator(self) -> str | None:
-        kind, word = self.peek()
-        if kind != "op" or (word not in _COMPARISONS and word != "not"):
-            return None
         self.position += 1
-        if word == "not":
+        if op == "not":
             if not self.accept("in"):
                 raise self.fail("expected 'in' after 'not'")
-            return "not in"
-        return "is not" if word == "is" and self.accept("not") else word
+            op = "not in"
+        elif op == "is" and self.accept("not"):
+            op = "is not"
+        if not (op.startswith("is") and self.accept("defined", "name")):
+            return _compare(op, left, self._operand(), self.origin, self.strict)
+        # `x.y is defined`: whether the lookup finds something; never an error.
+        kind, path = self.tokens[start]
+        if kind != "name" or self.tokens[start + 1][1] != "is":
+            raise self.fail("'is defined' tests a name, as in 'user.email is defined'")
+        probe, positive = _compile_lookup(path, self.origin, False, _UNRESOLVED), op == "is"
+        return lambda scope: (probe(scope) is not _UNRESOLVED) is positive
 
     def _operand(self) -> _Eval:
-        if self.accept("("):
-            inner = self.condition()
-            if not self.accept(")"):
-                raise self.fail("missing ')'")
-            return inner
-        return self.filtered()
+        if not self.accept("("):
+            return self.filtered()
+        self.depth += 1
+        if self.depth > _MAX_NESTING:
+            raise self.fail(f"more than {_MAX_NESTING} nested parentheses")
+        inner = self.condition()
+        if not self.accept(")"):
+            raise self.fail("missing ')'")
+        self.depth -= 1
+        return inner
 
     def filtered(self) -> _Eval:
         """A value followed by its filters: ``user.name|default:"anon"|upper``."""
         kind, value = self._value()
-        filters: list[tuple[str, Callable[..., Any], _Eval | None]] = []
+        filters: list[_Filter] = []
         while self.accept("|"):
             filters.append(self._filter())
         # `default` is how a template says "this may be missing": never strict about it.
-        lenient = bool(filters) and filters[0][0] == "default"
-        evaluate = (_constant_eval(value) if kind == "literal"
-                    else _compile_lookup(value, self.origin, self.strict and not lenient))
-        for name, func, argument in filters:
-            evaluate = _compile_filter(evaluate, name, func, argument, self.origin, self.strict)
-        return evaluate
+        lenient = any(name == "default" for name, _, _ in filters)
+        evaluate = self._compiled(kind, value, self.strict and not lenient)
+        if not filters:
+            return evaluate
+        return _compile_filters(evaluate, filters, self.origin, self.strict)
 
     def _value(self) -> tuple[str, Any]:
         """Return ("literal", value) or ("lookup", "dotted.name")."""
@@ -2331,7 +2439,10 @@ class _ExpressionParser:
         if kind == "string":
             return "literal", SafeString(_unquote_literal(word))  # written by the template's author
         if kind == "number":
-            return "literal", float(word) if "." in word else int(word)
+            try:
+                return "literal", float(word) if "." in word else int(word)
+            except ValueError:  # more digits than int() converts
+                raise self.fail(f"number too long: {word[:20]}...") from None
         if kind == "const":
             return "literal", _CONSTANTS[word]
         if kind == "name":
@@ -2340,110 +2451,34 @@ class _ExpressionParser:
             return "lookup", word
         raise self.fail(f"expected a value, found {word!r}" if word else "expected a value")
 
-    def _filter(self) -> tuple[str, Callable[..., Any], _Eval | None]:
+    def _compiled(self, kind: str, value: Any, strict: bool) -> _Eval:
+        if kind == "literal":
+            return lambda scope: value
+        return _compile_lookup(value, self.origin, strict)
+
+    def _filter(self) -> _Filter:
         kind, name = self.take()
         if kind != "name" or "." in name:
             raise self.fail("expected a filter name after '|'")
-        if name not in _FILTERS:
-            known = ", ".join(_FILTERS)
+        func = self.filters.get(name) or _FILTERS.get(name)
+        if func is None:
+            known = ", ".join(sorted({*_FILTERS, *self.filters}))
             raise self.origin.error(f"unknown filter {name!r} (known filters: {known})")
-        func, takes_argument = _FILTERS[name]
-        if not self.accept(":"):
-            if takes_argument:
-                raise self.origin.error(f"filter {name!r} needs an argument ({name}:value)")
-            return name, func, None
-        if not takes_argument:
-            raise self.origin.error(f"filter {name!r} takes no argument")
-        kind, value = self._value()
-        argument = (_constant_eval(value) if kind == "literal"
-                    else _compile_lookup(value, self.origin, self.strict))
+        argument = self._compiled(*self._value(), self.strict) if self.accept(":") else None
+        if _signature_fits(func, None, *[None] * (argument is not None)) is False:
+            raise self.origin.error(f"filter {name!r} takes no argument" if argument else
+                                    f"filter {name!r} needs an argument ({name}:value)")
         return name, func, argument
 
 
-# -- templates: tokens and nodes
-
-class _TemplateToken:
-    __slots__ = ("content", "kind", "line")
-
-    def __init__(self, kind: str, content: str, line: int) -> None:
-        self.kind = kind  # "text", or the opener: "{{", "{%", "{#"
-        self.content = content
-        self.line = line
-
-
-_TAG_OPENER = re.compile(r"\{[{%#]")
-_TAG_CLOSERS = {"{{": "}}", "{%": "%}", "{#": "#}"}
-
-
-def _tokenize_template(source: str, name: str) -> list[_TemplateToken]:
-    """Cut the source into text and tags; tags may span lines (comments often do)."""
-    tokens: list[_TemplateToken] = []
-    position, line = 0, 1
-    while (match := _TAG_OPENER.search(source, position)) is not None:
-        start = match.start()
-        if start > position:
-            tokens.append(_TemplateToken("text", source[position:start], line))
-            line += source.count("\n", position, start)
-        opener = match.group()
-        end = source.find(_TAG_CLOSERS[opener], start + 2)
-        if end < 0:
-            closer = _TAG_CLOSERS[opener]
-            raise _TemplateOrigin(name, line).error(f"unclosed {opener!r}: add {closer!r}")
-        tokens.append(_TemplateToken(opener, source[start + 2:end], line))
-        line += source.count("\n", start, end)
-        position = end + 2
-    if position < len(source):
-        tokens.append(_TemplateToken("text", source[position:], line))
-    return tokens
-
-
-class _TemplateTag:
-    __slots__ = ("args", "line", "name")
-
-    def __init__(self, name: str, args: str, line: int) -> None:
-        self.name = name
-        self.args = args
-        self.line = line
-
-
-def _render_nothing(scope: _TemplateScope, out: list[str]) -> None:
-    pass
-
-
-def _text_node(text: str) -> _Render:
-    def render(scope: _TemplateScope, out: list[str]) -> None:
-        out.append(text)
-
-    return render
-
-
-def _output_node(evaluate: _Eval) -> _Render:
-    def render(scope: _TemplateScope, out: list[str]) -> None:
-        out.append(_to_html(evaluate(scope)))
-
-    return render
-
+# -- templates: nodes
 
 def _sequence_node(parts: list[str | _Render]) -> _Render:
-    """One render function for a run of nodes; adjacent texts (around comments) are merged."""
-    nodes: list[_Render] = []
-    text = ""
-    for part in parts:
-        if isinstance(part, str):
-            text += part
-            continue
-        if text:
-            nodes.append(_text_node(text))
-            text = ""
-        nodes.append(part)
-    if text:
-        nodes.append(_text_node(text))
-    if len(nodes) <= 1:
-        return nodes[0] if nodes else _render_nothing
-    return _run_all(tuple(nodes))
+    """One render function for a run of texts and nodes."""
+    nodes = tuple(_text_node(part) if isinstance(part, str) else part for part in parts if part)
+    if len(nodes) == 1:
+        return nodes[0]
 
-
-def _run_all(nodes: tuple[_Render, ...]) -> _Render:
     def render(scope: _TemplateScope, out: list[str]) -> None:
         for node in nodes:
             node(scope, out)
@@ -2451,16 +2486,12 @@ def _run_all(nodes: tuple[_Render, ...]) -> _Render:
     return render
 
 
-def _if_node(branches: list[tuple[_Eval, _Render]], otherwise: _Render | None) -> _Render:
-    def render(scope: _TemplateScope, out: list[str]) -> None:
-        for test, body in branches:
-            if test(scope):
-                body(scope, out)
-                return
-        if otherwise is not None:
-            otherwise(scope, out)
+def _text_node(text: str) -> _Render:
+    return lambda scope, out: out.append(text)
 
-    return render
+
+def _output_node(evaluate: _Eval) -> _Render:
+    return lambda scope, out: out.append(_to_html(evaluate(scope)))
 
 
 class _LoopState:
@@ -2473,25 +2504,11 @@ class _LoopState:
         self.length = length
         self.parent = parent  # the enclosing loop's `loop`, as Django's forloop.parentloop
 
-    @property
-    def index(self) -> int:
-        return self.index0 + 1
-
-    @property
-    def revindex(self) -> int:
-        return self.length - self.index0
-
-    @property
-    def revindex0(self) -> int:
-        return self.length - self.index0 - 1
-
-    @property
-    def first(self) -> bool:
-        return self.index0 == 0
-
-    @property
-    def last(self) -> bool:
-        return self.index0 == self.length - 1
+    index = property(lambda self: self.index0 + 1)
+    revindex = property(lambda self: self.length - self.index0)
+    revindex0 = property(lambda self: self.length - self.index0 - 1)
+    first = property(lambda self: self.index0 == 0)
+    last = property(lambda self: self.index0 == self.length - 1)
 
 
 def _loop_items(value: Any, reverse: bool, origin: _TemplateOrigin, strict: bool) -> list[Any]:
@@ -2520,7 +2537,8 @@ def _unpack(item: Any, count: int, origin: _TemplateOrigin, strict: bool) -> tup
 
 
 def _restore_names(scope: _TemplateScope, names: tuple[str, ...], saved: list[Any]) -> None:
-    """Put back what the loop variables hid, so a loop leaves the scope as it found it."""
+    """Put back what a tag's own names hid, so that it leaves the scope as it found it (no
+    `finally` is needed: a render that fails throws its scope away)."""
     for name, old in zip(names, saved, strict=True):
         if old is _UNRESOLVED:
             scope.pop(name, None)
@@ -2528,22 +2546,13 @@ def _restore_names(scope: _TemplateScope, names: tuple[str, ...], saved: list[An
             scope[name] = old
 
 
-class _ForHeader:
-    __slots__ = ("iterable", "reverse", "targets")
-
-    def __init__(self, targets: tuple[str, ...], iterable: _Eval, reverse: bool) -> None:
-        self.targets = targets
-        self.iterable = iterable
-        self.reverse = reverse
-
-
-def _for_node(header: _ForHeader, body: _Render, otherwise: _Render | None,
-              origin: _TemplateOrigin, strict: bool) -> _Render:
-    targets = header.targets
+def _for_node(header: tuple[tuple[str, ...], _Eval, bool], body: _Render,
+              otherwise: _Render | None, origin: _TemplateOrigin, strict: bool) -> _Render:
+    targets, iterable, reverse = header
     names = (*targets, "loop")
 
     def render(scope: _TemplateScope, out: list[str]) -> None:
-        items = _loop_items(header.iterable(scope), header.reverse, origin, strict)
+        items = _loop_items(iterable(scope), reverse, origin, strict)
         if not items:
             if otherwise is not None:
                 otherwise(scope, out)
@@ -2551,162 +2560,250 @@ def _for_node(header: _ForHeader, body: _Render, otherwise: _Render | None,
         saved = [scope.get(name, _UNRESOLVED) for name in names]
         outer = saved[-1] if type(saved[-1]) is _LoopState else None
         loop = scope["loop"] = _LoopState(len(items), outer)
-        try:
-            for index0, item in enumerate(items):
-                loop.index0 = index0
-                if len(targets) == 1:
-                    scope[targets[0]] = item
-                else:
-                    values = _unpack(item, len(targets), origin, strict)
-                    scope.update(zip(targets, values, strict=True))
-                body(scope, out)
-        finally:
-            _restore_names(scope, names, saved)
+        for index0, item in enumerate(items):
+            loop.index0 = index0
+            if len(targets) == 1:
+                scope[targets[0]] = item
+            else:
+                values = _unpack(item, len(targets), origin, strict)
+                scope.update(zip(targets, values, strict=True))
+            body(scope, out)
+        _restore_names(scope, names, saved)
 
     return render
 
 
-def _parse_for_header(args: str, origin: _TemplateOrigin, strict: bool) -> _ForHeader:
-    """Parse ``k, v in d.items reversed``, the part of a for tag after ``for``."""
-    parser = _ExpressionParser(args, origin, strict)
-    targets: list[str] = []
-    while True:
-        kind, word = parser.take()
-        if kind != "name" or "." in word or word.startswith("_") or word == "loop":
-            raise origin.error(f"bad 'for' tag: {word!r} cannot be a loop variable")
-        targets.append(word)
-        if not parser.accept(","):
-            break
-    if not parser.accept("in"):
-        raise origin.error("bad 'for' tag: expected 'for name in sequence'")
-    iterable = parser.filtered()
-    reverse = parser.peek() == ("name", "reversed")
-    parser.position += reverse
-    parser.expect_end()
-    return _ForHeader(tuple(targets), iterable, reverse)
+def _render_block(versions: tuple[_Render, ...], scope: _TemplateScope, out: list[str]) -> None:
+    """Render the most derived version of a block; `{{ block.super }}` renders the next one
+    (a callable, which the lookup calls only when a template asks for it)."""
+
+    def parent() -> SafeString:
+        inner: list[str] = []
+        if len(versions) > 1:
+            _render_block(versions[1:], scope, inner)
+        return SafeString("".join(inner))
+
+    saved = [scope.get("block", _UNRESOLVED)]
+    scope["block"] = {"super": parent}
+    versions[0](scope, out)
+    _restore_names(scope, ("block",), saved)
 
 
 # -- templates: the parser
 
+class _TemplateTag(_TemplateOrigin):
+    """``{% name args %}``, and where it is."""
+
+    __slots__ = ("args", "name")
+
+    def __init__(self, template: str, line: int, content: str) -> None:
+        super().__init__(template, line)
+        self.name, self.args = ([*content.split(None, 1), "", ""])[:2]
+
+
+_TAG_OPENER = re.compile(r"\{[{%#]")
+_TAG_CLOSERS = {"{{": "}}", "{%": "%}", "{#": "#}"}
 # Tags that only make sense inside a block, with the tag that opens that block.
 _INNER_TAGS = {"elif": "if", "else": "if' or 'for", "endif": "if", "empty": "for",
-               "endfor": "for", "endcomment": "comment"}
+               "endfor": "for", "endcomment": "comment", "endblock": "block"}
+
+
+def _tokenize_template(source: str, name: str) -> list[tuple[str, str, int]]:
+    """Cut the source into (kind, content, line), kind "text", "{{", "{%" or "{#"."""
+    tokens: list[tuple[str, str, int]] = []
+    position, line = 0, 1
+    while (match := _TAG_OPENER.search(source, position)) is not None:
+        start, opener = match.start(), match.group()
+        if start > position:
+            tokens.append(("text", source[position:start], line))
+            line += source.count("\n", position, start)
+        closer = _TAG_CLOSERS[opener]
+        end = source.find(closer, start + 2)
+        if end < 0:
+            raise _TemplateOrigin(name, line).error(f"unclosed {opener!r}: add {closer!r}")
+        tokens.append((opener, source[start + 2:end], line))
+        line += source.count("\n", start, end)
+        position = end + 2
+    if position < len(source):
+        tokens.append(("text", source[position:], line))
+    return tokens
 
 
 class _TemplateParser:
-    """Turns the tokens of one template into a tree of render closures."""
+    """Turns the tokens of one template into a tree of render closures, and its blocks."""
 
-    def __init__(self, source: str, name: str, strict: bool) -> None:
+    def __init__(self, source: str, name: str, strict: bool,
+                 filters: Mapping[str, Callable[..., Any]], loader: TemplateLoader | None) -> None:
         self.name = name
         self.strict = strict
+        self.filters = filters
+        self.loader = loader
         self.tokens = _tokenize_template(source, name)
         self.position = 0
+        self.depth = 0  # of nested tags
+        self.first_tag = True  # `extends` must be the first tag, as in Django
+        self.parent: Template | None = None
+        self.blocks: dict[str, _Render] = {}  # those closed so far
+        self.block_lines: dict[str, int] = {}  # those opened so far
 
-    def parse(self) -> _Render:
+    def parse(self) -> tuple[_Render, _Blocks]:
+        """The body to render and the blocks, each with the versions it overrides."""
         body, _ = self.block(frozenset())
-        return body
+        if self.parent is None:
+            return body, {name: (render,) for name, render in self.blocks.items()}
+        blocks = dict(self.parent._blocks)  # what a child writes outside its blocks is ignored
+        for name, render in self.blocks.items():
+            blocks[name] = (render, *blocks.get(name, ()))
+        return self.parent._body, blocks
 
     def block(self, until: frozenset[str]) -> tuple[_Render, _TemplateTag | None]:
         """Parse nodes up to one of the tags in `until` (returned) or the end (None)."""
         parts: list[str | _Render] = []
-        while self.position < len(self.tokens):
-            token = self.tokens[self.position]
+        end = None
+        self.depth += 1
+        while end is None and self.position < len(self.tokens):
+            kind, content, line = self.tokens[self.position]
             self.position += 1
-            if token.kind == "text":
-                parts.append(token.content)
-            elif token.kind == "{{":
-                origin = _TemplateOrigin(self.name, token.line)
-                parser = _ExpressionParser(token.content, origin, self.strict)
-                evaluate = parser.filtered()
+            if kind == "text":
+                parts.append(content)
+            elif kind == "{{":
+                origin = _TemplateOrigin(self.name, line)
+                parser = _ExpressionParser(content, origin, self.strict, self.filters)
+                parts.append(_output_node(parser.filtered()))
                 parser.expect_end()
-                parts.append(_output_node(evaluate))
-            elif token.kind == "{%":
-                tag = self._split_tag(token)
+                self.first_tag = False
+            elif kind == "{%":
+                tag = _TemplateTag(self.name, line, content)
                 if tag.name in until:
-                    return _sequence_node(parts), tag
-                parts.append(self._tag(tag))
-        return _sequence_node(parts), None
+                    end = tag
+                else:
+                    parts.append(self._tag(tag, until))
+                    self.first_tag = self.first_tag and tag.name == "comment"
+        self.depth -= 1
+        return _sequence_node(parts), end
 
-    def _split_tag(self, token: _TemplateToken) -> _TemplateTag:
-        words = token.content.split(None, 1)
-        if not words:
-            raise _TemplateOrigin(self.name, token.line).error("empty tag '{% %}'")
-        return _TemplateTag(words[0], words[1] if len(words) > 1 else "", token.line)
-
-    def _tag(self, tag: _TemplateTag) -> str | _Render:
-        if tag.name == "if":
-            return self._if(tag)
-        if tag.name == "for":
-            return self._for(tag)
-        if tag.name == "comment":
-            self._skip_comment(tag)
-            return ""
-        origin = _TemplateOrigin(self.name, tag.line)
+    def _tag(self, tag: _TemplateTag, until: frozenset[str]) -> str | _Render:
+        handler = self._TAGS.get(tag.name)
+        if not tag.name:
+            raise tag.error("empty tag '{% %}'")
+        if self.depth > _MAX_NESTING:
+            raise tag.error(f"tags nested more than {_MAX_NESTING} deep")
+        if handler is not None:
+            return handler(self, tag)
         if tag.name in _INNER_TAGS:
-            raise origin.error(f"unexpected '{tag.name}': no open '{_INNER_TAGS[tag.name]}' here")
-        raise origin.error(f"unknown tag {tag.name!r} (known tags: if, for, comment)")
+            where = (f"expected {' or '.join(map(repr, sorted(until)))}" if until
+                     else f"no open '{_INNER_TAGS[tag.name]}' here")
+            raise tag.error(f"unexpected '{tag.name}': {where}")
+        raise tag.error(f"unknown tag {tag.name!r} (known tags: {', '.join(self._TAGS)})")
 
-    def _closed(self, opener: _TemplateTag, end: _TemplateTag | None,
-                expected: str) -> _TemplateTag:
-        if end is None:
-            raise _TemplateOrigin(self.name, opener.line).error(
-                f"'{opener.name}' tag is never closed: expected '{{% {expected} %}}'")
-        if end.args.strip():
-            raise _TemplateOrigin(self.name, end.line).error(f"'{end.name}' takes no arguments")
-        return end
-
-    def _after_else(self, opener: _TemplateTag, end: _TemplateTag | None, expected: str) -> None:
-        # Named here, a second branch after 'else' gets a clearer message than "unexpected".
-        if end is not None and end.name != expected:
-            raise _TemplateOrigin(self.name, end.line).error(
-                f"'{end.name}' after 'else' in the '{opener.name}' of line {opener.line}")
-        self._closed(opener, end, expected)
-
-    def _condition(self, tag: _TemplateTag) -> _Eval:
-        origin = _TemplateOrigin(self.name, tag.line)
-        if not tag.args.strip():
-            raise origin.error(f"'{tag.name}' needs a condition")
-        parser = _ExpressionParser(tag.args, origin, self.strict)
-        test = parser.condition()
-        parser.expect_end()
-        return test
-
-    def _if(self, opener: _TemplateTag) -> _Render:
-        branches = []
+    def _branches(self, opener: _TemplateTag, middle: tuple[str, ...], end: str,
+                  ) -> tuple[list[tuple[_TemplateTag, _Render]], _TemplateTag]:
+        """The bodies of `opener` up to `end`, each with the tag before it (if, elif, else)."""
+        branches: list[tuple[_TemplateTag, _Render]] = []
         tag = opener
         while True:
-            test = self._condition(tag)
-            body, end = self.block(frozenset({"elif", "else", "endif"}))
-            if end is None or end.name != "elif":
-                end = self._closed(opener, end, "endif")
-            branches.append((test, body))
-            if end.name == "endif":
-                return _if_node(branches, None)
-            if end.name == "else":
-                otherwise, last = self.block(frozenset({"elif", "else", "endif"}))
-                self._after_else(opener, last, "endif")
-                return _if_node(branches, otherwise)
-            tag = end
+            body, closer = self.block(frozenset({*middle, end}))
+            branches.append((tag, body))
+            if closer is None:
+                raise opener.error(f"'{opener.name}' tag is never closed: expected '{{% {end} %}}'")
+            if tag.name in ("else", "empty") and closer.name != end:
+                raise closer.error(f"'{closer.name}' after '{tag.name}' in the "
+                                   f"'{opener.name}' of line {opener.line}")
+            if closer.args.strip() and closer.name not in ("elif", "endblock"):
+                raise closer.error(f"'{closer.name}' takes no arguments")
+            if closer.name == end:
+                return branches, closer
+            tag = closer
+
+    def _if(self, opener: _TemplateTag) -> _Render:
+        branches, _ = self._branches(opener, ("elif", "else"), "endif")
+        otherwise = branches.pop()[1] if branches[-1][0].name == "else" else None
+        tests = []
+        for tag, body in branches:
+            if not tag.args.strip():
+                raise tag.error(f"'{tag.name}' needs a condition")
+            parser = _ExpressionParser(tag.args, tag, self.strict, self.filters)
+            tests.append((parser.condition(), body))
+            parser.expect_end()
+
+        def render(scope: _TemplateScope, out: list[str]) -> None:
+            for test, body in tests:
+                if test(scope):
+                    body(scope, out)
+                    return
+            if otherwise is not None:
+                otherwise(scope, out)
+
+        return render
 
     def _for(self, opener: _TemplateTag) -> _Render:
-        origin = _TemplateOrigin(self.name, opener.line)
-        header = _parse_for_header(opener.args, origin, self.strict)
-        body, end = self.block(frozenset({"else", "empty", "endfor"}))
-        end = self._closed(opener, end, "endfor")
-        otherwise = None
-        if end.name != "endfor":
-            otherwise, last = self.block(frozenset({"else", "empty", "endfor"}))
-            self._after_else(opener, last, "endfor")
-        return _for_node(header, body, otherwise, origin, self.strict)
+        """``{% for k, v in d.items reversed %}``."""
+        parser = _ExpressionParser(opener.args, opener, self.strict, self.filters)
+        targets: list[str] = []
+        while not targets or parser.accept(","):
+            kind, word = parser.take()
+            if kind != "name" or "." in word or word.startswith("_") or word == "loop":
+                raise opener.error(f"bad 'for' tag: {word!r} cannot be a loop variable")
+            targets.append(word)
+        if not parser.accept("in"):
+            raise opener.error("bad 'for' tag: expected 'for name in sequence'")
+        header = (tuple(targets), parser.filtered(), parser.accept("reversed", "name"))
+        parser.expect_end()
+        branches, _ = self._branches(opener, ("else", "empty"), "endfor")
+        otherwise = branches[1][1] if len(branches) > 1 else None
+        return _for_node(header, branches[0][1], otherwise, opener, self.strict)
 
-    def _skip_comment(self, opener: _TemplateTag) -> None:
+    def _comment(self, opener: _TemplateTag) -> str:
         # The content is not parsed: a comment may hold broken or unknown tags.
         while self.position < len(self.tokens):
-            token = self.tokens[self.position]
+            kind, content, _ = self.tokens[self.position]
             self.position += 1
-            if token.kind == "{%" and token.content.split(None, 1)[:1] == ["endcomment"]:
-                return
-        self._closed(opener, None, "endcomment")
+            if kind == "{%" and content.split(None, 1)[:1] == ["endcomment"]:
+                return ""
+        raise opener.error("'comment' tag is never closed: expected '{% endcomment %}'")
+
+    def _block(self, opener: _TemplateTag) -> _Render:
+        name = opener.args.strip()
+        if not name.isidentifier():
+            raise opener.error("'block' needs a name: {% block content %}")
+        if name in self.block_lines:
+            raise opener.error(f"block {name!r} is already on line {self.block_lines[name]}")
+        outermost = len(self.block_lines) == len(self.blocks)  # no other block is open
+        if outermost and self.parent is not None and name not in self.parent._blocks:
+            raise opener.error(f"block {name!r} is not in {self.parent.name!r} (its blocks: "
+                               f"{', '.join(self.parent._blocks) or 'none'}): never shown")
+        self.block_lines[name] = opener.line
+        branches, end = self._branches(opener, (), "endblock")
+        if end.args.strip() not in ("", name):
+            raise end.error(f"'endblock {end.args.strip()}' closes block {name!r}")
+        self.blocks[name] = branches[0][1]
+        # The versions come with the template being rendered: a child's override wins.
+        return lambda scope, out: _render_block(scope[_BLOCKS][name], scope, out)
+
+    def _extends(self, tag: _TemplateTag) -> str:
+        if not self.first_tag or self.depth != 1:
+            raise tag.error("'extends' must be the first tag in the template")
+        self.parent = self._load(tag)
+        return ""
+
+    def _include(self, tag: _TemplateTag) -> _Render:
+        return self._load(tag)._render
+
+    def _load(self, tag: _TemplateTag) -> Template:
+        """The template that `extends` or `include` names, compiled now."""
+        tokens = _lex_expression(tag.args, tag)
+        if len(tokens) != 2 or tokens[0][0] != "string":
+            raise tag.error(f"'{tag.name}' takes a quoted template name, as in "
+                            f"{{% {tag.name} \"page.html\" %}}")
+        name = _unquote_literal(tokens[0][1])
+        if self.loader is None:
+            raise tag.error(f"'{tag.name}' needs a TemplateLoader to find {name!r}")
+        return self.loader._load(name, tag)
+
+    _TAGS: dict[str, Callable[[_TemplateParser, _TemplateTag], str | _Render]] = {
+        "if": _if, "for": _for, "comment": _comment, "block": _block, "extends": _extends,
+        "include": _include,
+    }
 
 
 # -- templates: public classes
@@ -2715,14 +2812,19 @@ class Template:
     """A template compiled once, at construction; `render()` only runs the compiled code.
 
     `strict=True` (the App passes its `debug`) turns a missing name or a failing filter into
-    a TemplateError naming the template and the line, instead of an empty string.
+    a TemplateError naming the template and the line, instead of an empty string. `filters`
+    adds to the built-in filters; `loader` finds what `extends` and `include` name.
     """
 
-    def __init__(self, source: str, name: str = "<string>", *, strict: bool = False) -> None:
+    def __init__(self, source: str, name: str = "<string>", *, strict: bool = False,
+                 filters: Mapping[str, Callable[..., Any]] | None = None,
+                 loader: TemplateLoader | None = None) -> None:
         self.source = source
         self.name = name
         self.strict = strict
-        self._render = _TemplateParser(source, name, strict).parse()
+        # With `extends`, the body is the root parent's, and blocks hold every version.
+        self._body, self._blocks = _TemplateParser(
+            source, name, strict, filters or {}, loader).parse()
 
     def render(self, context: Mapping[str, Any] | None = None) -> str:
         """Render with `context`; the result is a SafeString (it is HTML already)."""
@@ -2730,6 +2832,12 @@ class Template:
         # A private copy: loop variables are set in it, the caller's mapping is never changed.
         self._render(dict(context) if context else {}, out)
         return SafeString("".join(out))
+
+    def _render(self, scope: _TemplateScope, out: list[str]) -> None:
+        outer = scope.get(_BLOCKS)  # an included template's blocks hold only while it runs
+        scope[_BLOCKS] = self._blocks
+        self._body(scope, out)
+        scope[_BLOCKS] = outer
 
     def __repr__(self) -> str:
         return f"<Template {self.name!r}>"
@@ -2747,36 +2855,54 @@ def _template_path_parts(name: str) -> list[str] | None:
 
 class TemplateLoader:
     """Finds templates by name in `dirs` (first dir that has the file wins), compiles each
-    once and caches it by name; safe to share between the threads of a server."""
+    once and caches it by name; safe to share between the threads of a server. `filters` is
+    kept, not copied: one added later counts in the templates compiled (first used) after."""
 
     def __init__(self, dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *,
-                 strict: bool = False) -> None:
+                 strict: bool = False,
+                 filters: Mapping[str, Callable[..., Any]] | None = None) -> None:
         if isinstance(dirs, (str, os.PathLike)):  # one dir given bare: not a list of letters
             dirs = [dirs]
         self.dirs: tuple[str, ...] = tuple(os.fspath(directory) for directory in dirs)
         self.strict = strict
+        self.filters: Mapping[str, Callable[..., Any]] = {} if filters is None else filters
         self._cache: dict[str, Template] = {}
-        self._lock = _thread.allocate_lock()
+        self._lock = _thread.RLock()  # re-entered to compile what a template extends
+        self._compiling: list[str] = []  # names being compiled, outermost first: cycles show
 
     def get_template(self, name: str) -> Template:
-        template = self._cache.get(name)
-        if template is None:
-            with self._lock:  # one compile per name even when threads ask at the same time
-                template = self._cache.get(name)
-                if template is None:
-                    template = Template(self._read(name), name, strict=self.strict)
-                    self._cache[name] = template
-        return template
+        return self._cache.get(name) or self._load(name, None)
 
     def render(self, name: str, context: Mapping[str, Any] | None = None) -> str:
         return self.get_template(name).render(context)
 
-    def _read(self, name: str) -> str:
+    def _load(self, name: str, origin: _TemplateOrigin | None) -> Template:
+        """The compiled template; `origin` is the extends or include tag that asks for it."""
+        fail = TemplateError if origin is None else origin.error
+        with self._lock:  # one compile per name even when threads ask at the same time
+            template = self._cache.get(name)
+            if template is not None:
+                return template
+            if name in self._compiling:
+                chain = " -> ".join(repr(each) for each in [*self._compiling, name])
+                raise fail(f"templates extend or include each other in a cycle: {chain}")
+            if len(self._compiling) >= _MAX_NESTING:
+                raise fail(f"templates extend or include more than {_MAX_NESTING} deep")
+            self._compiling.append(name)
+            try:
+                template = Template(self._read(name, fail), name, strict=self.strict,
+                                    filters=self.filters, loader=self)
+            finally:
+                self._compiling.pop()
+            self._cache[name] = template
+            return template
+
+    def _read(self, name: str, fail: Callable[[str], TemplateError]) -> str:
         searched = ", ".join(repr(directory) for directory in self.dirs) or "(no dirs)"
         parts = _template_path_parts(name)
         if parts is None:
-            raise TemplateError(f"template name {name!r} is refused: it must be a relative "
-                                f"path inside the template dirs ({searched})")
+            raise fail(f"template name {name!r} is refused: it must be a relative "
+                       f"path inside the template dirs ({searched})")
         for directory in self.dirs:
             path = os.path.join(directory, *parts)
             try:
@@ -2786,8 +2912,8 @@ class TemplateLoader:
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 continue
             except UnicodeDecodeError as exc:
-                raise TemplateError(f"template {name!r} ({path}) is not UTF-8: {exc}") from exc
-        raise TemplateError(f"template {name!r} not found; searched: {searched}")
+                raise fail(f"template {name!r} ({path}) is not UTF-8: {exc}") from exc
+        raise fail(f"template {name!r} not found; searched: {searched}")
 
 
 # ---------------------------------------------------------------- routing
@@ -3105,13 +3231,13 @@ class Resolver:
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
         self._static: dict[str, list[Route]] = {}
-        self._by_name: dict[str, list[Route]] = {}
+        self._by_name: dict[str, Route] = {}
         by_prefix: dict[str, list[Route]] = {"": []}
         # Registration order lives here, not on the Route: one Route may serve two Apps.
         self._order = {item: index for index, item in reversed(list(enumerate(self.routes)))}
         for item in self.routes:
             if item.name:
-                self._by_name.setdefault(item.name, []).append(item)
+                self._name_route(item)
             if item.literal is not None:
                 self._static.setdefault(item.literal, []).append(item)
             else:
@@ -3127,6 +3253,15 @@ class Resolver:
                              if self.candidates(path)[0] is routes[0]
                              and not any(r.match(path) for r in self.candidates(path)
                                          if self._order[r] < self._order[routes[0]])}
+
+    def _name_route(self, item: Route) -> None:
+        # Django lets reverse() pick among routes of one name; we refuse: a link silently
+        # going to the other page is worse than an error at start-up.
+        first = self._by_name.setdefault(item.name or "", item)
+        if first is not item:
+            raise ImproperlyConfigured(
+                f"Two routes are named {item.name!r}: {first.pattern!r} and "
+                f"{item.pattern!r}; give each route its own name")
 
     def _bucket(self, prefix: str, by_prefix: dict[str, list[Route]]) -> list[Route]:
         shorter = [key for key in by_prefix if prefix.startswith(key)]
@@ -3164,18 +3299,16 @@ class Resolver:
         raise Http404()
 
     def reverse(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-        routes = self._by_name.get(name)
-        if not routes:
+        item = self._by_name.get(name)
+        if item is None:
             raise NoReverseMatch(f"No route is named {name!r}")
-        for item in routes:
-            path = item.build(args, kwargs)
-            if path is not None:
-                # "//host" would be read as another site by a browser (a path converter
-                # value starting with "/"): keep it a path.
-                return "/%2F" + path[2:] if path.startswith("//") else path
-        patterns = ", ".join(repr(r.pattern) for r in routes)
-        raise NoReverseMatch(f"Route {name!r} ({patterns}) does not fit args={tuple(args)!r} "
-                             f"kwargs={dict(kwargs)!r}")
+        path = item.build(args, kwargs)
+        if path is None:
+            raise NoReverseMatch(f"Route {name!r} ({item.pattern!r}) does not fit "
+                                 f"args={tuple(args)!r} kwargs={dict(kwargs)!r}")
+        # "//host" would be read as another site by a browser (a path converter value
+        # starting with "/"): keep it a path.
+        return "/%2F" + path[2:] if path.startswith("//") else path
 
     def describe(self) -> str:
         """A listing of the compiled routes, in the order they are tried."""
@@ -3630,7 +3763,8 @@ class _Lease:
         idle, self.idle = self.idle, None
         if idle is None or self.thread != _thread.get_ident():
             # Not from its own thread (sqlite3 refuses that): dropped, never pooled, and
-            # the driver closes it with the last reference.
+            # the driver closes it (rolling back) with the last reference, held here.
+            self.connection = None
             return
         if not self.failed:
             try:
@@ -3822,11 +3956,11 @@ def convert_exception_to_response(get_response: Callable[[Request], Any],
     if _is_async(get_response):
         async def inner_async(request: Request) -> HttpResponse:
             try:
-                response = await get_response(request)
+                response: HttpResponse = await get_response(request)
                 if not isinstance(response, HttpResponse):
                     response = app.make_response(response, get_response, _layer_name)
             except Exception as exc:
-                return await app._drive_async(app._exception_journey(request, exc))
+                response = await app._drive_async(app._exception_journey(request, exc))
             return response
         inner_async.__wrapped__ = get_response  # type: ignore[attr-defined]
         return inner_async
@@ -3883,6 +4017,24 @@ def _loggable(text: str) -> str:
     return text.translate(_LOG_ESCAPES)
 
 
+# Beyond control characters: line and paragraph separators and bidirectional overrides,
+# which can forge or reorder a log line once the path is decoded as UTF-8.
+_PATH_LOG_ESCAPES = {**_LOG_ESCAPES, **{code: f"\\u{code:04x}" for code in (
+    0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}}
+
+
+def _logged_path(request: Request) -> str:
+    """The request's path for a log line, decoded as UTF-8 (`/café`, not `/cafÃ©`): bytes
+    that are not UTF-8 show as `\\xff`, control characters escaped."""
+    raw: str = request.environ.get("SCRIPT_NAME", "").rstrip("/") + request.environ.get(
+        "PATH_INFO", "")
+    try:
+        text = raw.encode("latin-1").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # not a PEP 3333 string: shown as it is, escaped
+        text = raw
+    return text.translate(_PATH_LOG_ESCAPES)
+
+
 def _name_of(thing: Any) -> str:
     name = getattr(thing, "__qualname__", None) or type(thing).__qualname__
     module = getattr(thing, "__module__", None)
@@ -3899,12 +4051,6 @@ def _hook_name(hook: Any) -> str:
 
 def _handler_name(handler: Any) -> str:
     return f"The error handler {_name_of(handler)}"
-
-
-def _logged_path(request: Request) -> str:
-    """The request's path for a log line: decoded as UTF-8 (`/café`), controls escaped."""
-    raw = request.environ.get("PATH_INFO", "")
-    return _loggable(raw.encode("latin-1", "replace").decode("utf-8", "replace"))
 
 
 class _Hooks:
@@ -3966,7 +4112,7 @@ class App:
     _connection_pool: _ConnectionPool | None = None  # made by request.db's first use
 
     def __init__(self, routes: Iterable[Route | Iterable[Route]] = (),
-                 middleware: Iterable[Any] = (), *, debug: bool = False,
+                 middleware: Iterable[Callable[..., Any] | str] = (), *, debug: bool = False,
                  request_class: type[Request] | None = None,
                  allowed_hosts: Iterable[str] | None = None,
                  secret_key: str | bytes | None = None, max_body_size: int = 10 * 2**20,
@@ -4013,9 +4159,9 @@ class App:
     # -- configuration
     def route(self, pattern: str, methods: Iterable[str] | None = None,
               name: str | None = None,
-              kwargs: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
+              kwargs: Mapping[str, Any] | None = None) -> Callable[[_F], _F]:
         """Decorator: `@app.route("/items/<int:id>", methods=["GET"], name="item")`."""
-        def register(view: Any) -> Any:
+        def register(view: _F) -> _F:
             self.add_route(pattern, view, methods, name, kwargs)
             return view
         return register
@@ -4029,7 +4175,7 @@ class App:
             self._resolver = None  # recompiled on the next request
         return item
 
-    def use(self, middleware: Any) -> Any:
+    def use(self, middleware: _Middleware) -> _Middleware:
         """Append a middleware (the innermost so far); only before the first request."""
         if self._chains[False] or self._chains[True]:
             raise ImproperlyConfigured(f"app.use({_name_of(middleware)}) came after the "
@@ -4158,9 +4304,10 @@ class App:
     async def get_response_async(self, request: Request) -> HttpResponse:
         """The same journey under ASGI: the async chain, awaited."""
         chain = self._chains[True] or self.load_middleware(is_async=True)
-        response = self._check_host(request) or await chain(request)
+        response: HttpResponse = self._check_host(request) or await chain(request)
         if response.render is not None and not response.is_rendered:
-            return await _to_thread(self._finish_response, request, response)
+            response = await _to_thread(self._finish_response, request, response)
+            return response
         return self._finish_response(request, response)
 
     def _check_host(self, request: Request) -> HttpResponse | None:
@@ -4186,11 +4333,14 @@ class App:
 
     def _get_response(self, request: Request) -> HttpResponse:
         """The centre of the onion under WSGI: the journey, run in this thread."""
-        return self._drive(self._journey(request, self._hooks[False]))
+        response: HttpResponse = self._drive(self._journey(request, self._hooks[False]))
+        return response
 
     async def _get_response_async(self, request: Request) -> HttpResponse:
         """The centre of the onion under ASGI: the same journey, awaited."""
-        return await self._drive_async(self._journey(request, self._hooks[True]))
+        response: HttpResponse = await self._drive_async(
+            self._journey(request, self._hooks[True]))
+        return response
 
     def _journey(self, request: Request, hooks: _Hooks) -> _Journey:
         """Resolve, view middleware, the view, template hooks, render: the decisions, written
@@ -4303,7 +4453,9 @@ class App:
     def process_exception_by_middleware(self, exc: Exception,
                                         request: Request) -> HttpResponse | None:
         """Django's name for offering an exception to the process_exception hooks."""
-        return self._drive(self._offer_exception(exc, request, self._hooks[False]))
+        response: HttpResponse | None = self._drive(
+            self._offer_exception(exc, request, self._hooks[False]))
+        return response
 
     # -- running a journey: the only place the two interfaces differ
     def _drive(self, journey: _Journey) -> Any:
@@ -4372,7 +4524,8 @@ class App:
     # -- errors
     def response_for_exception(self, request: Request, exc: Exception) -> HttpResponse:
         """The error response for an exception that left a layer of the onion."""
-        return self._drive(self._exception_journey(request, exc))
+        response: HttpResponse = self._drive(self._exception_journey(request, exc))
+        return response
 
     def _exception_journey(self, request: Request, exc: Exception) -> _Journey:
         if isinstance(exc, HttpError):
@@ -4452,14 +4605,26 @@ class App:
             _loggable(request.method), _logged_path(request))
 
     # -- templates
+    def template_filter(self, name: str) -> Callable[[_F], _F]:
+        """Decorator: `@app.template_filter("shout")` makes ``{{ x|shout }}`` call it, with the
+        value (and the argument of ``shout:arg``, when its signature takes one)."""
+        def register(func: _F) -> _F:
+            self.template_filters[name] = func
+            return func
+        return register
+
     def render_template(self, template_name: str, context: Mapping[str, Any],
                         request: Request | None = None) -> str:
         """Render with `renderer` when given, else with this file's template engine."""
         if self.renderer is not None:
             return self.renderer(template_name, dict(context), request)
-        if self._templates is None:
-            self._templates = TemplateLoader(self.template_dirs, strict=self.debug)
-        return str(self._templates.render(template_name, {"request": request, **context}))
+        if self._templates is None:  # it shares the dict: filters added later count too
+            self._templates = TemplateLoader(self.template_dirs, strict=self.debug,
+                                             filters=self.template_filters)
+        if request is None:
+            return str(self._templates.render(template_name, {"request": None, **context}))
+        return str(self._templates.render(template_name, {**_template_context(request),
+                                                          **context}))
 
     # -- handing the response to the server
     def _start_response(self, request: Request, response: HttpResponse,
@@ -4473,7 +4638,8 @@ class App:
         if response.streaming:
             wrapper = request.environ.get("wsgi.file_wrapper")
             if wrapper is not None and isinstance(response, FileResponse) and status == 200:
-                return wrapper(_FileForWrapper(response), response.block_size)
+                wrapped: Iterable[bytes] = wrapper(_FileForWrapper(response), response.block_size)
+                return wrapped
             return response
         if (not response._resource_closers and not request_finished.receivers
                 and type(response).close is HttpResponse.close):
@@ -4528,7 +4694,8 @@ class _FileForWrapper:
         self.close = response.close
 
     def read(self, size: int = -1) -> bytes:
-        return self._file.read(size)
+        data: bytes = self._file.read(size)
+        return data
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
@@ -4903,6 +5070,8 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
         "wsgi.errors": sys.stderr, "wsgi.version": (1, 0), "wsgi.multithread": True,
         "wsgi.multiprocess": False, "wsgi.run_once": False, "asgi.scope": scope,
     }
+    if scope.get(_DONT_ENFORCE_CSRF):  # the test client's, as under WSGI
+        environ[_DONT_ENFORCE_CSRF] = True
     for raw_name, raw_value in scope.get("headers", ()):
         if b"_" in raw_name:  # as the built-in server: X-User_Id cannot pose as X-User-Id
             continue
@@ -4916,26 +5085,853 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
     return environ
 
 
+# ---------------------------------------------------------------- batteries
+# Django's contrib middleware, one small class each. Every battery runs under WSGI and ASGI
+# alike: _MiddlewareMixin calls its process_request / process_response around the inner
+# layer, and awaits that layer when the chain is async.
+
+def _no_inner_layer(request: Request) -> HttpResponse:
+    raise ImproperlyConfigured("A configured middleware was called outside an App's chain")
+
+
+class _ConfiguredMiddleware:
+    """What `CorsMiddleware(allow_origins=[...])` returns: the class and its options, which
+    the chain builder calls with `get_response`."""
+
+    def __init__(self, cls: type[_MiddlewareMixin], options: dict[str, Any]) -> None:
+        cls(_no_inner_layer, **options)  # a misspelt or bad option fails here, where written
+        self.cls = cls
+        self.options = options
+        self.sync_capable = cls.sync_capable
+        self.async_capable = cls.async_capable
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+
+    def __call__(self, get_response: Callable[..., Any]) -> Any:
+        return self.cls(get_response, **self.options)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{name}={value!r}" for name, value in self.options.items())
+        return f"{self.cls.__name__}({options})"
+
+
+class _MiddlewareMixin:
+    """Django's MiddlewareMixin: a battery writes `process_request(request)` (a response
+    to answer early, or None) and `process_response(request, response)` once; `__call__`
+    runs them around the inner layer, awaiting it when the chain is async (ASGI)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __new__(cls, get_response: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        if get_response is None:  # SessionMiddleware(max_age=3600): a configured factory
+            return _ConfiguredMiddleware(cls, options)
+        return super().__new__(cls)
+
+    def __init__(self, get_response: Callable[..., Any], /) -> None:
+        self.get_response = get_response
+        self._async = _is_async(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: Request) -> Any:
+        if self._async:
+            return self.__acall__(request)
+        response = self.process_request(request)
+        if response is None:
+            response = self.get_response(request)
+        return self.process_response(request, response)
+
+    async def __acall__(self, request: Request) -> HttpResponse:
+        response = self.process_request(request)
+        if response is None:
+            response = await self.get_response(request)
+        return self.process_response(request, response)
+
+    def process_request(self, request: Request) -> HttpResponse | None:
+        return None
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        return response
+
+
+def _add_vary(response: HttpResponse, *names: str) -> None:
+    """Add header names to `Vary` (Django's patch_vary_headers): caches must key on them."""
+    current = response.get("Vary")
+    if not current:
+        response["Vary"] = ", ".join(names)
+        return
+    present = {item.strip(" \t").lower() for item in current.split(",")}
+    missing = [name for name in names if name.lower() not in present]
+    if missing and "*" not in present:
+        response["Vary"] = ", ".join([current, *missing])
+
+
+def _has_directive(header: str, directive: str) -> bool:
+    """Whether a Cache-Control value holds `directive` (with or without an argument)."""
+    return any(item.strip(" \t").partition("=")[0].lower() == directive
+               for item in header.split(","))
+
+
+# -- batteries: sessions and messages
+
+# RFC 6265 6.1: a browser keeps at least 4096 bytes of one cookie's name and value, and no
+# more is safe to count on.
+_COOKIE_SIZE_LIMIT = 4096
+
+
+class _Session(_StrMutableMapping):
+    """`request.session`: a dict of JSON values kept in a signed cookie, read on first use.
+
+    A change inside a stored list or dict is not seen: set `request.session.modified = True`.
+    """
+
+    def __init__(self, load: Callable[[], dict[str, Any]]) -> None:
+        self._load = load
+        self._data: dict[str, Any] | None = None
+        self.modified = False
+        self.accessed = False
+
+    @property
+    def _store(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = self._load()
+        self.accessed = True
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._store[key] = value
+        self.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        del self._store[key]
+        self.modified = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._store
+
+    def flush(self) -> None:
+        """Empty the session; its cookie is deleted with the response."""
+        self._data = {}
+        self.accessed = self.modified = True
+
+    def __repr__(self) -> str:
+        return f"<session {self._store!r}>"
+
+
+def _encode_session(data: dict[str, Any]) -> str:
+    import base64
+    import json
+    try:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"request.session holds JSON values only (str, int, float, bool, "
+                        f"None, list, dict): {exc}") from None
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def _decode_session(value: str) -> dict[str, Any]:
+    """The session a cookie holds; {} for anything that is not a base64 JSON object.
+    JSON only, never pickle: a leaked secret_key must not become code execution."""
+    import base64
+    import binascii
+    import json
+    try:
+        data = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class SessionMiddleware(_MiddlewareMixin):
+    """`request.session`, saved in a cookie signed with the App's secret_key (HMAC-SHA256);
+    the cookie is written only when the session changed, and expires after `max_age`
+    seconds (None: when the browser closes)."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *, cookie_name: str = "session",
+                 max_age: int | None = 14 * 24 * 3600, secure: bool = False,
+                 httponly: bool = True, samesite: str | None = "Lax") -> None:
+        super().__init__(get_response)
+        self.cookie_name = cookie_name
+        self.max_age = max_age
+        self.secure = secure
+        self.httponly = httponly
+        self.samesite = samesite
+
+    def process_request(self, request: Request) -> None:
+        request.session = _Session(lambda: self.load(request))
+
+    def load(self, request: Request) -> dict[str, Any]:
+        """The session in the request's cookie; {} when missing, tampered with or expired."""
+        secret = _secret_key_of(request.app)  # missing: said at first use, not first save
+        signed = request.COOKIES.get(self.cookie_name)
+        if not signed:
+            return {}
+        value = _unsign_cookie(secret, self.cookie_name, signed, self.max_age)
+        return {} if value is None else _decode_session(value)
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        session = getattr(request, "session", None)
+        if not isinstance(session, _Session):
+            return response
+        if session.accessed:
+            _add_vary(response, "Cookie")
+        # As Django: a failed request (5xx) leaves the session as it was.
+        if not session.modified or response.status_code >= 500:
+            return response
+        if not session:
+            if self.cookie_name in request.COOKIES:
+                response.delete_cookie(self.cookie_name, samesite=self.samesite)
+            return response
+        value = _sign_cookie(_secret_key_of(request.app), self.cookie_name,
+                             _encode_session(dict(session)))
+        size = len(self.cookie_name) + 1 + len(value)
+        if size > _COOKIE_SIZE_LIMIT:
+            raise ValueError(f"The session cookie {self.cookie_name!r} would be {size} bytes, "
+                             f"over the {_COOKIE_SIZE_LIMIT} a browser keeps: store less in "
+                             "request.session (an id, not the data)")
+        response.set_cookie(self.cookie_name, value, max_age=self.max_age, secure=self.secure,
+                            httponly=self.httponly, samesite=self.samesite)
+        return response
+
+
+_MESSAGES_KEY = "_messages"
+
+
+class _Message:
+    """A one-time message: `.text` and `.level` ("info", "success", "warning", "error"...)."""
+
+    __slots__ = ("level", "text")
+
+    def __init__(self, text: str, level: str = "info") -> None:
+        self.text = text
+        self.level = level
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _Message) and (self.text, self.level)
+                == (other.text, other.level))
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.level))
+
+    def __repr__(self) -> str:
+        return f"Message({self.text!r}, level={self.level!r})"
+
+
+def add_message(request: Request, text: str, level: str = "info") -> None:
+    """Keep a message in the session for the next page shown (after a redirect, say)."""
+    session = getattr(request, "session", None)
+    if session is None:
+        raise ImproperlyConfigured("add_message() keeps messages in request.session: add "
+                                   "SessionMiddleware to App(middleware=[...])")
+    session[_MESSAGES_KEY] = [*session.get(_MESSAGES_KEY, ()), [str(level), str(text)]]
+
+
+def get_messages(request: Request) -> list[_Message]:
+    """The messages waiting for this request, removed from the session (shown once)."""
+    session = getattr(request, "session", None)
+    stored = session.pop(_MESSAGES_KEY, None) if session is not None else None
+    if not isinstance(stored, list):
+        return []
+    return [_Message(str(item[1]), str(item[0])) for item in stored
+            if isinstance(item, list) and len(item) == 2]
+
+
+class _TemplateMessages:
+    """`messages` in a template: taken from the session when the template loops over them,
+    so a page that never shows them leaves them for the next; `{% if messages %}` peeks."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._taken: list[_Message] | None = None
+
+    def __iter__(self) -> Iterator[_Message]:
+        if self._taken is None:
+            self._taken = get_messages(self._request)
+        return iter(self._taken)
+
+    def __len__(self) -> int:
+        if self._taken is not None:
+            return len(self._taken)
+        session = getattr(self._request, "session", None)
+        stored = session.get(_MESSAGES_KEY) if session is not None else None
+        return len(stored) if isinstance(stored, list) else 0
+
+
+class _TemplateCsrfToken:
+    """`csrf_token` in a template: made (and its cookie set) only if the page prints it;
+    empty when the App has no CsrfViewMiddleware, so a template outlives the middleware."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    def __html__(self) -> str:
+        if getattr(self._request, "_csrf_middleware", None) is None:
+            return ""
+        return csrf_token(self._request)
+
+    __str__ = __html__
+
+
+def _template_context(request: Request) -> dict[str, Any]:
+    """What every template rendered for a request sees, each made only when used."""
+    return {"request": request, "messages": _TemplateMessages(request),
+            "csrf_token": _TemplateCsrfToken(request)}
+
+
+# -- batteries: CSRF
+
+_CSRF_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_CSRF_INDEX = {char: index for index, char in enumerate(_CSRF_CHARS)}
+# What a client sends: the secret itself (32) or masked (64), as Django accepts both.
+_CSRF_TOKEN = re.compile(r"[A-Za-z0-9]{32}(?:[A-Za-z0-9]{32})?")
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+_CSRF_COOKIE_AGE = 52 * 7 * 24 * 3600  # Django's: a year, so an open form stays valid
+# Set by the test Client unless Client(enforce_csrf_checks=True), as Django's does.
+_DONT_ENFORCE_CSRF = "microhandler.dont_enforce_csrf_checks"
+
+
+def _new_csrf_string() -> str:
+    """32 random characters of _CSRF_CHARS from the OS's CSPRNG, without bias: a byte
+    past 247 (= 4 * 62 - 1) is drawn again."""
+    # PERF: one urandom call, not 32 secrets.choice() calls (a form page makes one mask).
+    chars: list[str] = []
+    while len(chars) < 32:
+        chars += [_CSRF_CHARS[byte % 62] for byte in os.urandom(40) if byte < 248]
+    return "".join(chars[:32])
+
+
+def _mask_csrf_secret(secret: str) -> str:
+    """The secret under a fresh one-time mask, so a page's token differs on every response
+    and compression leaks nothing of the secret (BREACH)."""
+    mask = _new_csrf_string()
+    index = _CSRF_INDEX
+    return mask + "".join(_CSRF_CHARS[(index[s] + index[m]) % 62]
+                          for s, m in zip(secret, mask, strict=True))
+
+
+def _unmask_csrf_token(token: str) -> str:
+    if len(token) == 32:
+        return token
+    mask, cipher = token[:32], token[32:]
+    index = _CSRF_INDEX
+    return "".join(_CSRF_CHARS[(index[c] - index[m]) % 62]
+                   for c, m in zip(cipher, mask, strict=True))
+
+
+def _normal_origin(origin: str) -> str:
+    """`scheme://host[:port]` lower-cased and without the scheme's default port."""
+    origin = origin.lower().rstrip("/")
+    for scheme, port in (("http://", ":80"), ("https://", ":443")):
+        if origin.startswith(scheme) and origin.endswith(port):
+            return origin[:-len(port)]
+    return origin
+
+
+def _origin_matches(pattern: str, origin: str) -> bool:
+    """`origin` against a trusted one: exact, or `https://*.example.com` for subdomains."""
+    if "://*." not in pattern:
+        return origin == pattern
+    scheme, _, domain = pattern.partition("://*")
+    host = origin[len(scheme) + 3:] if origin.startswith(scheme + "://") else ""
+    return len(host) > len(domain) and host.endswith(domain) and "/" not in host
+
+
+def csrf_exempt(view: _F) -> _F:
+    """Mark a view that skips every CSRF check (an API authenticated by a bearer token,
+    which a browser never sends on its own)."""
+    try:
+        view.csrf_exempt = True  # type: ignore[attr-defined]
+        return view
+    except AttributeError:  # a bound method takes no attributes: mark a wrapper instead
+        import functools
+        exempt = functools.wraps(view)(lambda *args, **kwargs: view(*args, **kwargs))
+        exempt.csrf_exempt = True  # type: ignore[attr-defined]
+        return markcoroutinefunction(exempt) if _is_async(view) else exempt  # type: ignore[return-value]
+
+
+def csrf_token(request: Request) -> str:
+    """The CSRF token for a form field `csrfmiddlewaretoken` or an `X-CSRFToken` header;
+    the cookie it is checked against goes out with the response."""
+    middleware = getattr(request, "_csrf_middleware", None)
+    if middleware is None:
+        raise ImproperlyConfigured("csrf_token() needs CsrfViewMiddleware in "
+                                   "App(middleware=[...])")
+    secret = getattr(request, "_csrf_secret", None)
+    if secret is None:
+        secret = middleware.cookie_secret(request) or _new_csrf_string()
+        request._csrf_secret = secret  # type: ignore[attr-defined]
+    return _mask_csrf_secret(secret)
+
+
+class CsrfViewMiddleware(_MiddlewareMixin):
+    """Django's CSRF protection: an unsafe request must come from this site (Origin, or
+    Referer over HTTPS) and carry the token of its CSRF cookie; else a 403 saying why."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *,
+                 trusted_origins: Iterable[str] = (), cookie_name: str = "csrftoken",
+                 header_name: str = "X-CSRFToken") -> None:
+        super().__init__(get_response)
+        origins = [trusted_origins] if isinstance(trusted_origins, str) else trusted_origins
+        self.trusted_origins = [_normal_origin(origin) for origin in origins]
+        for origin in self.trusted_origins:
+            if "://" not in origin:
+                raise ImproperlyConfigured(f"trusted_origins takes origins with a scheme, "
+                                           f"like 'https://{origin}', not {origin!r}")
+        self.cookie_name = cookie_name
+        self.header_key = "HTTP_" + header_name.upper().replace("-", "_")
+
+    def process_request(self, request: Request) -> None:
+        request._csrf_middleware = self  # type: ignore[attr-defined]
+
+    def process_view(self, request: Request, view: Callable[..., Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> None:
+        if (request.method in _SAFE_METHODS or getattr(view, "csrf_exempt", False)
+                or request.environ.get(_DONT_ENFORCE_CSRF)):
+            return
+        origin = request.environ.get("HTTP_ORIGIN")
+        if origin is not None:
+            if not self.trusted(request, origin):
+                raise PermissionDenied("CSRF check failed: the Origin header names another "
+                                       "site, neither this one nor a trusted origin.")
+        elif request.is_secure:
+            self.check_referer(request)
+        self.check_token(request)
+
+    def trusted(self, request: Request, origin: str) -> bool:
+        """Whether `origin` is the request's own or one of `trusted_origins`."""
+        origin = _normal_origin(origin)
+        if origin == _normal_origin(f"{request.scheme}://{request.host}"):
+            return True
+        return any(_origin_matches(pattern, origin) for pattern in self.trusted_origins)
+
+    def check_referer(self, request: Request) -> None:
+        """Over HTTPS without Origin (older browsers), the Referer must name this site."""
+        referer = request.environ.get("HTTP_REFERER")
+        if not referer:
+            raise PermissionDenied("CSRF check failed: a secure request came with neither "
+                                   "an Origin nor a Referer header.")
+        try:
+            parts = urlsplit(referer)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme != "https" or not parts.netloc:
+            raise PermissionDenied("CSRF check failed: the Referer is not an https URL.")
+        if not self.trusted(request, f"https://{parts.netloc}"):
+            raise PermissionDenied("CSRF check failed: the Referer names another site, "
+                                   "neither this one nor a trusted origin.")
+
+    def cookie_secret(self, request: Request) -> str | None:
+        value = request.COOKIES.get(self.cookie_name, "")
+        return _unmask_csrf_token(value) if _CSRF_TOKEN.fullmatch(value) else None
+
+    def check_token(self, request: Request) -> None:
+        """The token in the form field or the header must be the cookie's, unmasked."""
+        import hmac
+        secret = self.cookie_secret(request)
+        if secret is None:
+            raise PermissionDenied("CSRF check failed: the CSRF cookie is not set (load the "
+                                   "form's page first, with cookies enabled).")
+        token = request.POST.get("csrfmiddlewaretoken", "") if request.method == "POST" else ""
+        token = token or request.environ.get(self.header_key, "")
+        if not token:
+            raise PermissionDenied("CSRF check failed: the CSRF token is missing (form "
+                                   "field csrfmiddlewaretoken or the CSRF header).")
+        if not _CSRF_TOKEN.fullmatch(token) or not hmac.compare_digest(
+                _unmask_csrf_token(token).encode(), secret.encode()):
+            raise PermissionDenied("CSRF check failed: the CSRF token is incorrect.")
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        secret = getattr(request, "_csrf_secret", None)
+        if secret is not None:  # csrf_token() was called: (re)set the cookie it pairs with
+            response.set_cookie(self.cookie_name, secret, max_age=_CSRF_COOKIE_AGE,
+                                secure=request.is_secure, samesite="Lax")
+            _add_vary(response, "Cookie")
+        return response
+
+
+# -- batteries: CORS
+
+class CorsMiddleware(_MiddlewareMixin):
+    """Cross-origin requests from the origins allowed (django-cors-headers): preflights are
+    answered before routing; other responses, errors included, carry the CORS headers."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *,
+                 allow_origins: str | Iterable[str] | Callable[[str], bool] = (),
+                 allow_methods: Iterable[str] = ("GET", "HEAD", "POST", "PUT", "PATCH",
+                                                 "DELETE", "OPTIONS"),
+                 allow_headers: str | Iterable[str] = (), expose_headers: Iterable[str] = (),
+                 allow_credentials: bool = False, max_age: int = 600) -> None:
+        super().__init__(get_response)
+        self.origin_check = allow_origins if callable(allow_origins) else None
+        origins = [] if callable(allow_origins) else (
+            [allow_origins] if isinstance(allow_origins, str) else list(allow_origins))
+        self.any_origin = origins == ["*"]
+        if "*" in origins and not self.any_origin:
+            raise ImproperlyConfigured("allow_origins: '*' stands alone, not among origins")
+        self.origins = frozenset(_normal_origin(origin) for origin in origins)
+        headers = [allow_headers] if isinstance(allow_headers, str) else list(allow_headers)
+        self.any_header = headers == ["*"]  # echo what the preflight asks for
+        self.allow_headers = ", ".join(headers)
+        self.allow_methods = ", ".join(method.upper() for method in allow_methods)
+        self.expose_headers = ", ".join(expose_headers)
+        self.allow_credentials = allow_credentials
+        self.max_age = max_age
+        # The answer depends on Origin unless every origin gets the same "*".
+        self.varies = not (self.any_origin and not allow_credentials)
+
+    def allowed(self, origin: str) -> bool:
+        if self.any_origin:
+            return True
+        if self.origin_check is not None:
+            return bool(self.origin_check(origin))
+        return _normal_origin(origin) in self.origins
+
+    def process_request(self, request: Request) -> HttpResponse | None:
+        environ = request.environ
+        origin = environ.get("HTTP_ORIGIN")
+        if (origin is None or request.method != "OPTIONS"
+                or "HTTP_ACCESS_CONTROL_REQUEST_METHOD" not in environ
+                or not self.allowed(origin)):
+            return None
+        # A preflight: answered here, whatever the route's methods (process_response adds
+        # the origin).
+        response = HttpResponse(status=204)
+        response["Access-Control-Allow-Methods"] = self.allow_methods
+        headers = (environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "") if self.any_header
+                   else self.allow_headers)
+        if headers:
+            response["Access-Control-Allow-Headers"] = headers
+        if self.max_age:
+            response["Access-Control-Max-Age"] = str(self.max_age)
+        return response
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        if self.varies:
+            _add_vary(response, "Origin")
+        origin = request.environ.get("HTTP_ORIGIN")
+        if origin is None or not self.allowed(origin):
+            return response
+        response["Access-Control-Allow-Origin"] = origin if self.varies else "*"
+        if self.allow_credentials:
+            response["Access-Control-Allow-Credentials"] = "true"
+        if self.expose_headers:
+            response["Access-Control-Expose-Headers"] = self.expose_headers
+        return response
+
+
+# -- batteries: GZip
+
+_COMPRESSIBLE_TYPES = frozenset(("application/json", "application/javascript",
+                                 "application/ecmascript", "application/xml",
+                                 "application/wasm", "image/svg+xml"))
+# RFC 9110 12.5.3: codings [ OWS ";" OWS "q=" qvalue ], qvalue 0 to 1 with 3 decimals.
+_ACCEPT_CODING = re.compile(r"[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*"
+                            r"(?:;[ \t]*[qQ]=(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)[ \t]*)?")
+
+
+def _compressible(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip(" \t").lower()
+    return (media.startswith("text/") or media in _COMPRESSIBLE_TYPES
+            or media.endswith(("+json", "+xml")))
+
+
+def _accepts_gzip(header: str) -> bool:
+    """Whether Accept-Encoding allows gzip: named with q > 0, or `*` with q > 0 and gzip
+    not named. A malformed element is ignored."""
+    gzip_q = star_q = None
+    for element in header.split(","):
+        match = _ACCEPT_CODING.fullmatch(element)
+        if match is None:
+            continue
+        coding = match.group(1).lower()
+        q = float(match.group(2)) if match.group(2) else 1.0
+        if coding in ("gzip", "x-gzip"):
+            gzip_q = max(q, gzip_q or 0.0)
+        elif coding == "*":
+            star_q = q
+    if gzip_q is not None:
+        return gzip_q > 0
+    return star_q is not None and star_q > 0
+
+
+def _gzip_chunks(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
+    import zlib
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    for chunk in chunks:
+        if chunk:
+            # Flushed per chunk: each one reaches the client when produced (server-sent events).
+            yield compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    yield compressor.flush()
+
+
+async def _gzip_chunks_async(chunks: Any, level: int) -> Any:
+    import zlib
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    async for chunk in chunks:
+        if chunk:
+            yield compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    yield compressor.flush()
+
+
+def _as_plain_stream(response: StreamingHttpResponse) -> StreamingHttpResponse:
+    """The same response, no longer a FileResponse: a server sends a FileResponse's file
+    itself (wsgi.file_wrapper, sendfile), which would skip a changed streaming_content."""
+    if not isinstance(response, FileResponse):
+        return response
+    plain = StreamingHttpResponse.__new__(StreamingHttpResponse)
+    plain.__dict__.update(response.__dict__)
+    return plain
+
+
+class GZipMiddleware(_MiddlewareMixin):
+    """Compress text-like bodies, streaming ones too, for clients that accept gzip."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *, min_size: int = 200,
+                 compresslevel: int = 6) -> None:
+        super().__init__(get_response)
+        self.min_size = min_size
+        self.compresslevel = compresslevel
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        if (response.status_code == 206 or "Content-Encoding" in response
+                or not _compressible(response.get("Content-Type") or "")
+                or _has_directive(response.get("Cache-Control") or "", "no-transform")
+                or (not response.streaming and len(response.content) < self.min_size)):
+            return response
+        _add_vary(response, "Accept-Encoding")
+        if not _accepts_gzip(request.environ.get("HTTP_ACCEPT_ENCODING", "")):
+            return response
+        if response.streaming:
+            response = self.compress_stream(response)  # type: ignore[arg-type]
+        else:
+            import zlib
+            compressor = zlib.compressobj(self.compresslevel, zlib.DEFLATED,
+                                          16 + zlib.MAX_WBITS)
+            compressed = compressor.compress(response.content) + compressor.flush()
+            if len(compressed) >= len(response.content):
+                return response
+            response.content = compressed
+            response["Content-Length"] = str(len(compressed))
+        etag = response.get("ETag")
+        if etag and etag.startswith('"'):  # the bytes differ now: only weakly the same
+            response["ETag"] = "W/" + etag
+        response["Content-Encoding"] = "gzip"
+        return response
+
+    def compress_stream(self, response: StreamingHttpResponse) -> StreamingHttpResponse:
+        response = _as_plain_stream(response)
+        del response["Content-Length"]
+        if getattr(response, "is_async", False):
+            response.streaming_content = _gzip_chunks_async(response.streaming_content,
+                                                            self.compresslevel)
+        else:
+            response.streaming_content = _gzip_chunks(response.streaming_content,
+                                                      self.compresslevel)
+        return response
+
+
+# -- batteries: conditional GET
+
+_ETAG = re.compile(r'(W/)?("[^"]*")')
+# What a 304 keeps of the 200 it replaces (RFC 9110 15.4.5).
+_NOT_MODIFIED_HEADERS = ("Cache-Control", "Content-Location", "Date", "ETag", "Expires",
+                         "Last-Modified", "Vary")
+
+
+def _etag_matches(header: str, etag: str | None, *, weak: bool) -> bool:
+    """Whether an If-Match / If-None-Match list names `etag` (RFC 9110 8.8.3.2: weak
+    comparison ignores W/, strong needs both tags strong)."""
+    if header.strip(" \t") == "*":
+        return True
+    if etag is None or (not weak and etag.startswith("W/")):
+        return False
+    target = etag.removeprefix("W/")
+    return any(opaque == target and (weak or not is_weak)
+               for is_weak, opaque in _ETAG.findall(header))
+
+
+def _conditional_status(environ: Mapping[str, Any], etag: str | None,
+                        last_modified: str | None) -> int:
+    """200, 304 or 412 for a GET or HEAD, in RFC 9110 13.2.2's order: If-Match, else
+    If-Unmodified-Since; then If-None-Match, else If-Modified-Since."""
+    def modified_after(header: str) -> bool | None:
+        since = _parse_http_date(environ.get(header) or "")
+        modified = _parse_http_date(last_modified) if last_modified else None
+        return None if since is None or modified is None else modified > since
+
+    if "HTTP_IF_MATCH" in environ:
+        if not _etag_matches(environ["HTTP_IF_MATCH"], etag, weak=False):
+            return 412
+    elif environ.get("HTTP_IF_UNMODIFIED_SINCE") and modified_after(
+            "HTTP_IF_UNMODIFIED_SINCE"):
+        return 412
+    if "HTTP_IF_NONE_MATCH" in environ:
+        return 304 if _etag_matches(environ["HTTP_IF_NONE_MATCH"], etag, weak=True) else 200
+    if environ.get("HTTP_IF_MODIFIED_SINCE") and modified_after(
+            "HTTP_IF_MODIFIED_SINCE") is False:
+        return 304
+    return 200
+
+
+class ConditionalGetMiddleware(_MiddlewareMixin):
+    """An ETag for every GET/HEAD 200 that lacks one, and 304 when the client's copy is
+    current (412 when an If-Match precondition fails)."""
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        if request.method not in ("GET", "HEAD") or response.status_code != 200:
+            return response
+        if (not response.streaming and "ETag" not in response
+                and not _has_directive(response.get("Cache-Control") or "", "no-store")):
+            import hashlib
+            response["ETag"] = f'"{hashlib.blake2b(response.content, digest_size=16).hexdigest()}"'
+        etag, last_modified = response.get("ETag"), response.get("Last-Modified")
+        if etag is None and last_modified is None:
+            return response
+        status = _conditional_status(request.environ, etag, last_modified)
+        if status == 200:
+            return response
+        answer = HttpResponse(status=status)
+        if status == 304:
+            for name in _NOT_MODIFIED_HEADERS:
+                value = response.get(name)
+                if value is not None:
+                    answer[name] = value
+        if "cookies" in response.__dict__:
+            answer.__dict__["cookies"] = response.cookies
+        answer._resource_closers = response._resource_closers  # the unsent body is released
+        return answer
+
+
+# -- batteries: security headers
+
+class SecurityMiddleware(_MiddlewareMixin):
+    """Django's SecurityMiddleware: nosniff, Referrer-Policy, Cross-Origin-Opener-Policy,
+    HSTS (over HTTPS only) and, with `ssl_redirect`, a redirect from http to https."""
+
+    def __init__(self, get_response: Callable[..., Any], /, *, hsts_seconds: int = 0,
+                 hsts_include_subdomains: bool = False, ssl_redirect: bool = False,
+                 content_type_nosniff: bool = True,
+                 referrer_policy: str | Iterable[str] | None = "same-origin",
+                 cross_origin_opener_policy: str | None = "same-origin") -> None:
+        super().__init__(get_response)
+        self.hsts = (f"max-age={int(hsts_seconds)}"
+                     + ("; includeSubDomains" if hsts_include_subdomains else "")
+                     if hsts_seconds else None)
+        self.ssl_redirect = ssl_redirect
+        self.headers = [("X-Content-Type-Options", "nosniff" if content_type_nosniff else None),
+                        ("Referrer-Policy", referrer_policy if referrer_policy is None
+                         or isinstance(referrer_policy, str) else ", ".join(referrer_policy)),
+                        ("Cross-Origin-Opener-Policy", cross_origin_opener_policy)]
+
+    def process_request(self, request: Request) -> HttpResponse | None:
+        if not self.ssl_redirect or request.is_secure:
+            return None
+        host = request.host.removesuffix(":80")
+        location = "https://" + host + quote(request.path, safe=_PATH_SAFE)
+        if request.query_string:
+            location += "?" + request.query_string
+        # 308 keeps a POST a POST; a GET may be cached for good (301).
+        return HttpResponseRedirect(location, 301 if request.method in ("GET", "HEAD") else 308)
+
+    def process_response(self, request: Request, response: HttpResponse) -> HttpResponse:
+        if self.hsts and request.is_secure:
+            response.setdefault("Strict-Transport-Security", self.hsts)
+        for name, value in self.headers:
+            if value:
+                response.setdefault(name, value)
+        return response
+
+
 # ---------------------------------------------------------------- test client
 
+class _ClientHeaders:
+    """A response's headers as the client got them, as Werkzeug's test client has them:
+    case-insensitive; `h[name]` is the first value, `h.getlist(name)` every value (one per
+    Set-Cookie), `h.items()` every (name, value) pair in the order sent."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._pairs = list(pairs)
+        self._values: dict[str, list[str]] = {}
+        self._names: dict[str, str] = {}  # lowercased -> as first sent
+        for name, value in self._pairs:
+            self._values.setdefault(name.lower(), []).append(value)
+            self._names.setdefault(name.lower(), name)
+
+    def __getitem__(self, name: str) -> str:
+        values = self._values.get(name.lower()) if isinstance(name, str) else None
+        if not values:
+            raise KeyError(name)
+        return values[0]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        values = self._values.get(name.lower())
+        return values[0] if values else default
+
+    def getlist(self, name: str) -> list[str]:
+        return list(self._values.get(name.lower(), ()))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names.values())
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def keys(self) -> list[str]:
+        """Each name once, as first sent (so `dict(headers)` holds the first values)."""
+        return list(self._names.values())
+
+    def values(self) -> list[str]:
+        return [value for _, value in self._pairs]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._pairs)
+
+    def __repr__(self) -> str:
+        return f"<headers {self._pairs!r}>"
+
+
 class ClientResponse:
-    """What a Client call returns: status, headers, body, cookies and the Request used."""
+    """What a Client call returns: status, headers, body, cookies and the Request used.
+    `exc_info` holds the server error the app answered with a 500, when the Client was
+    made with raise_server_exceptions=False (as Django's test client)."""
 
     def __init__(self, status: str, headers: list[tuple[str, str]], content: bytes,
                  request: Request | None, environ: dict[str, Any]) -> None:
-        self.status_code = int(status.split(" ", 1)[0])
-        self.reason_phrase = status.split(" ", 1)[1] if " " in status else ""
+        code, _, reason = status.partition(" ")
+        self.status_code = int(code)
+        self.reason_phrase = reason
         self.header_list = headers
-        self.headers = _CaseInsensitiveDict(headers)
+        self.headers = _ClientHeaders(headers)
         self.content = content
         self.request = request
         self.environ = environ
         self.redirect_chain: list[tuple[str, int]] = []
         self.cookies: dict[str, str] = {}
+        self.exc_info: tuple[type[BaseException], BaseException, Any] | None = None
 
     @property
     def text(self) -> str:
-        return self.content.decode(_charset_of(self.headers.get("Content-Type", "")), "replace")
+        charset = _charset_of(self.headers.get("Content-Type", ""))
+        try:
+            return self.content.decode(charset, "replace")
+        except LookupError:  # a charset Python does not know, or not a text encoding
+            return self.content.decode("utf-8", "replace")
 
     def json(self) -> Any:
         import json
@@ -4948,7 +5944,7 @@ class ClientResponse:
         return f"<ClientResponse {self.status_code} {self.headers.get('Content-Type', '')!r}>"
 
 
-class _CaseInsensitiveDict(dict):
+class _CaseInsensitiveDict(dict[str, str]):
     """Response headers for tests: case-insensitive; a repeated header joins with ", "."""
 
     def __init__(self, items: Iterable[tuple[str, str]]) -> None:
@@ -5021,10 +6017,13 @@ class Client:
     would."""
 
     def __init__(self, app: Callable[..., Any], *, raise_server_exceptions: bool = True,
-                 asgi: bool = False, host: str = "testserver", script_name: str = "") -> None:
+                 asgi: bool = False, host: str = "testserver", script_name: str = "",
+                 enforce_csrf_checks: bool = False) -> None:
         self.app = app
         self.asgi = asgi
         self.raise_server_exceptions = raise_server_exceptions
+        # As Django's test client: views are tested without CSRF tokens unless asked.
+        self.enforce_csrf_checks = enforce_csrf_checks
         self.host = host
         self.script_name = script_name
         self.cookies: dict[str, str] = {}
@@ -5060,12 +6059,17 @@ class Client:
         response = self._send(method, path, query, payload, content_type, headers)
         chain: list[tuple[str, int]] = []
         while follow and response.status_code in (301, 302, 303, 307, 308) and len(chain) < 20:
-            location = response.headers["Location"]
+            location = response.headers.get("Location")
+            try:
+                target = urlsplit(location or "")
+            except ValueError:  # "http://[x": a browser would not follow it either
+                break
+            if not location:
+                break
             chain.append((location, response.status_code))
             if response.status_code in (301, 302, 303) and method != "HEAD":
                 # Browsers turn a redirected POST into a GET; 307/308 keep method and body.
                 method, payload, content_type = "GET", b"", None
-            target = urlsplit(location)
             next_path = target.path or path
             response = self._send(method, next_path + (f"?{target.query}" if target.query
                                                        else ""), None, payload, content_type,
@@ -5093,7 +6097,8 @@ class Client:
     def _environ(self, method: str, path: str, query: Mapping[str, Any] | None, body: bytes,
                  content_type: str | None, headers: Mapping[str, str] | None) -> dict[str, Any]:
         from urllib.parse import urlencode
-        target = urlsplit(path)
+        # A path "//x/y" is a path, not the host x (urlsplit alone would read a host).
+        target = urlsplit("http://testserver" + path if path.startswith("/") else path)
         query_string = target.query
         if query:
             query_string += ("&" if query_string else "") + urlencode(query, doseq=True)
@@ -5111,6 +6116,8 @@ class Client:
             environ["CONTENT_LENGTH"] = str(len(body))
         if content_type:
             environ["CONTENT_TYPE"] = content_type
+        if not self.enforce_csrf_checks:
+            environ[_DONT_ENFORCE_CSRF] = True
         if self.cookies:
             environ["HTTP_COOKIE"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         for name, value in (headers or {}).items():
@@ -5142,15 +6149,26 @@ class Client:
             else:
                 status, header_list, content = self._call_asgi(scope, body)
                 request = scope.get("microhandler.request")
+        except Exception as exc:
+            if self.raise_server_exceptions:
+                raise
+            # The app raised into the server: a server would answer 500, and so do we.
+            captured.append(exc)
+            status, content = "500 Internal Server Error", b"500 Internal Server Error\n"
+            header_list = [("Content-Type", "text/plain; charset=utf-8")]
+            request = None
         finally:
             got_request_exception.disconnect(capture)
         if captured and self.raise_server_exceptions:
             raise captured[0]
         response = ClientResponse(status, header_list, content, request, environ)
+        if captured:
+            response.exc_info = (type(captured[0]), captured[0], captured[0].__traceback__)
         self._store_cookies(response)
         return response
 
     def _call_wsgi(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Status, headers and body, through wsgiref.validate; the body iterated and closed."""
         from wsgiref.validate import validator
         started: list[Any] = []
 
@@ -5164,6 +6182,8 @@ class Client:
             content = b"".join(result)
         finally:
             result.close()
+        if not started:
+            raise RuntimeError(f"{_name_of(self.app)} returned without calling start_response")
         return started[0], started[1], content
 
     def _call_asgi(self, scope: dict[str, Any],
@@ -5220,7 +6240,8 @@ class Client:
 
 
 def _asgi_of(app: Any) -> Callable[..., Any]:
-    return getattr(app, "asgi", app)
+    asgi: Callable[..., Any] = getattr(app, "asgi", app)
+    return asgi
 
 
 def _scope_from_environ(environ: dict[str, Any], kind: str = "http") -> dict[str, Any]:
@@ -5232,6 +6253,7 @@ def _scope_from_environ(environ: dict[str, Any], kind: str = "http") -> dict[str
     full_path = environ["SCRIPT_NAME"] + environ["PATH_INFO"]
     scheme = environ["wsgi.url_scheme"]
     return {
+        _DONT_ENFORCE_CSRF: environ.get(_DONT_ENFORCE_CSRF, False),
         "type": kind, "asgi": {"version": "3.0"}, "http_version": "1.1",
         "method": environ["REQUEST_METHOD"],
         "scheme": scheme if kind == "http" else {"http": "ws", "https": "wss"}[scheme],
@@ -5490,7 +6512,7 @@ class _LengthBody(_RequestBody):
         size = min(size, self._left)
         if size <= 0:
             return b""
-        block = self._rfile.read1(size)
+        block: bytes = self._rfile.read1(size)
         if not block:
             raise _client_gone()
         self._left -= len(block)
@@ -5521,7 +6543,7 @@ class _ChunkedBody(_RequestBody):
                 self._skip_trailers()
                 self.done = True
                 return b""
-        block = self._rfile.read1(min(size, self._chunk_left))
+        block: bytes = self._rfile.read1(min(size, self._chunk_left))
         if not block:
             raise _client_gone()
         self._chunk_left -= len(block)
@@ -6407,7 +7429,8 @@ def _load_app(target: str) -> Callable[..., Any]:
             raise _AppLoadError(f"{target} raised an error (traceback above)") from None
     if not callable(app):
         raise _AppLoadError(f"{target} is a {type(app).__name__}, not a WSGI application")
-    return app
+    wsgi_app: Callable[..., Any] = app
+    return wsgi_app
 
 
 def _check_serves_asgi(app: Any, target: str) -> None:

@@ -8,29 +8,32 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from microhandler import App, Http404, serve
+from microhandler import App, Http404, Request, escape, serve
 
 app = App(debug=True)
-ITEMS = {1: {"id": 1, "name": "teapot"}, 2: {"id": 2, "name": "kettle"}}
+ITEMS: dict[int, dict[str, object]] = {
+    1: {"id": 1, "name": "teapot"},
+    2: {"id": 2, "name": "kettle"},
+}
 
 
 @app.route("/")
-def index(request):
+def index(request: Request) -> str:
     return "Hello from microhandler. Try /hello/you or /api/items/1"
 
 
 @app.route("/hello/<name>")
-def hello(request, name):
-    return f"Hello {name}"
+def hello(request: Request, name: str) -> str:
+    return f"Hello {escape(name)}"  # a str is served as text/html: escape what users send
 
 
 @app.route("/api/items", methods=["GET"], name="items")
-def list_items(request):
+def list_items(request: Request) -> list[dict[str, object]]:
     return list(ITEMS.values())
 
 
 @app.route("/api/items/<int:id>", methods=["GET", "PUT"], name="item")
-def item(request, id):
+def item(request: Request, id: int) -> dict[str, object]:
     if id not in ITEMS:
         raise Http404(f"No item {id}")
     if request.method == "PUT":

@@ -9,15 +9,42 @@ TemplateResponse works unchanged: middleware can still swap `template_name` and
 `context_data` before the renderer is called.
 """
 
+from __future__ import annotations
+
 import os
 import sys
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from microhandler import App, TemplateResponse, serve
+from microhandler import App, Request, TemplateResponse, serve
+
+if TYPE_CHECKING:  # for the annotations only: Jinja2 is imported when a renderer is made
+    import jinja2
+
+Directories = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
 
-def jinja_renderer(directories=(), *, templates=None, strict=False, **options):
+class JinjaRenderer:
+    """`renderer(template_name, context, request) -> str` over a Jinja2 Environment, kept
+    as `.environment` for adding filters and globals."""
+
+    def __init__(self, environment: jinja2.Environment) -> None:
+        self.environment = environment
+
+    def __call__(self, template_name: str, context: dict[str, Any],
+                 request: Request | None) -> str:
+        # The same names the built-in engine offers, plus url() to reverse a route.
+        extra: dict[str, Any] = {"request": request}
+        if request is not None and request.app is not None:
+            extra["url"] = request.app.reverse
+        return self.environment.get_template(template_name).render({**extra, **context})
+
+
+def jinja_renderer(directories: Directories = (), *,
+                   templates: Mapping[str, str] | None = None, strict: bool = False,
+                   **options: Any) -> JinjaRenderer:
     """A renderer for `App(renderer=...)` backed by a Jinja2 Environment.
 
     `directories` are searched in order (FileSystemLoader), after `templates`, a dict of
@@ -32,7 +59,7 @@ def jinja_renderer(directories=(), *, templates=None, strict=False, **options):
             "jinja_renderer() needs Jinja2, which is not installed: "
             "pip install jinja2  (or pip install 'microhandler[jinja2]')"
         ) from None
-    loaders = []
+    loaders: list[jinja2.BaseLoader] = []
     if templates:
         loaders.append(jinja2.DictLoader(dict(templates)))
     if directories:
@@ -41,17 +68,7 @@ def jinja_renderer(directories=(), *, templates=None, strict=False, **options):
     options.setdefault("autoescape", True)
     if strict:
         options.setdefault("undefined", jinja2.StrictUndefined)
-    environment = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), **options)
-
-    def render(template_name, context, request):
-        # The same names the built-in engine offers, plus url() to reverse a route.
-        extra = {"request": request}
-        if request is not None and request.app is not None:
-            extra["url"] = request.app.reverse
-        return environment.get_template(template_name).render({**extra, **context})
-
-    render.environment = environment  # for adding filters and globals
-    return render
+    return JinjaRenderer(jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), **options))
 
 
 TEMPLATES = {
@@ -90,12 +107,12 @@ app = App(renderer=jinja_renderer(templates=TEMPLATES, strict=True), debug=True)
 
 
 @app.route("/", name="index")
-def index(request):
+def index(request: Request) -> TemplateResponse:
     return TemplateResponse("index.html", {"names": ["Ada", "Grace", "<Bobby Tables>"]})
 
 
 @app.route("/hello/<name>", name="hello")
-def hello(request, name):
+def hello(request: Request, name: str) -> TemplateResponse:
     return TemplateResponse("hello.html", {"name": name})
 
 
