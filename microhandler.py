@@ -4887,7 +4887,7 @@ class ASGIHandler:
             if received and response is None:
                 response = await self.run_get_response(request, receive)
             if response is not None:
-                await self.send_response(request, response, send)
+                await self.send_response(request, response, send, receive)
         finally:
             _current_request.reset(token)
             if response is not None:
@@ -4948,28 +4948,57 @@ class ASGIHandler:
             pass
 
     async def send_response(self, request: Request, response: HttpResponse,
-                            send: _Send) -> None:
+                            send: _Send, receive: _Receive | None = None) -> None:
         headers, has_body = _response_headers(response, request.method)
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": [(name.lower().encode("latin-1"), value.encode("latin-1"))
                                 for name, value in headers]})
         if has_body and response.streaming:
-            await self.send_stream(response, send)
+            await self.send_stream(response, send, receive)
         else:
             await send({"type": "http.response.body",
                         "body": response.content if has_body else b""})
 
-    async def send_stream(self, response: HttpResponse, send: _Send) -> None:
+    async def send_stream(self, response: HttpResponse, send: _Send,
+                          receive: _Receive | None = None) -> None:
         """Each chunk is sent when it is produced (server-sent events); a sync iterator,
-        a file's blocks among them, is advanced in the thread pool."""
+        a file's blocks among them, is advanced in the thread pool. With `receive`, a
+        client that leaves stops the stream (servers drop what is sent after a disconnect,
+        so an endless event stream would run forever): an async iterator is cancelled where
+        it waits, a sync one is not advanced again; the response's close() closes either."""
+        import asyncio
+        gone: list[bool] = []
+        if receive is None:
+            return await self._send_chunks(response, send, gone)
+        sender = asyncio.ensure_future(self._send_chunks(response, send, gone))
+        listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait((sender, listener), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            sender.cancel()  # the server cancelled us: the stream goes too
+            raise
+        finally:
+            listener.cancel()
+        if not sender.done():  # the client left first
+            gone.append(True)
+            if response.is_async:
+                sender.cancel()
+        try:
+            await sender
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # the server cancelled us, not the client
+
+    async def _send_chunks(self, response: HttpResponse, send: _Send, gone: list[bool]) -> None:
         if response.is_async:
             async for chunk in response.streaming_content:  # type: ignore[attr-defined]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         else:
             chunks = iter(response.streaming_content)  # type: ignore[attr-defined]
-            while (chunk := await _to_thread(next, chunks, None)) is not None:
+            while not gone and (chunk := await _to_thread(next, chunks, None)) is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        if not gone:
+            await send({"type": "http.response.body", "body": b""})
 
     # -- lifespan
     async def _start_serving(self) -> None:
@@ -6357,9 +6386,13 @@ class WebSocketSession:
 _server_log = _LazyLogger("microhandler.server")
 _reload_log = _LazyLogger("microhandler.reloader")
 
-_SERVER_CHOICES = ("wsgiref", "waitress")
+_SERVER_CHOICES = ("wsgiref", "waitress", "uvicorn")
 _WAITRESS_MISSING = (
     'waitress is not installed: pip install waitress (or pip install "microhandler[waitress]")'
+)
+_UVICORN_MISSING = (
+    'uvicorn is not installed: pip install "uvicorn[standard]" (or pip install '
+    '"microhandler[uvicorn]")'
 )
 _STOP_TIMEOUT = 10.0   # how long shutdown() waits for the serving loop to return
 _GRACE_SECONDS = 5.0   # how long shutdown() lets requests in progress finish
@@ -7463,6 +7496,78 @@ class _WaitressServer(_ServerAdapter):
         self._waitress.task_dispatcher.shutdown(timeout=_GRACE_SECONDS)
 
 
+def _import_uvicorn() -> Any:
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise _ServerNotInstalled(_UVICORN_MISSING, name="uvicorn") from exc
+    return uvicorn
+
+
+def _asgi_app_to_serve(app: Any) -> Callable[..., Any]:
+    """What an ASGI server serves for `app`: an App's `app.asgi`, or an ASGI app itself."""
+    asgi: Callable[..., Any] | None = getattr(app, "asgi", None)
+    if asgi is not None:
+        return asgi
+    if _is_async(app):
+        served: Callable[..., Any] = app
+        return served
+    raise TypeError(f"uvicorn serves ASGI applications: {_name_of(app)} is neither an App "
+                    "nor an ASGI application")
+
+
+class _UvicornServer(_ServerAdapter):
+    """uvicorn serving `app.asgi` on a socket bound here, so port 0 is known at once.
+    Sync views run in a pool of `threads` threads (the loop's default executor)."""
+
+    def __init__(self, app: Callable[..., Any], host: str, port: int, threads: int) -> None:
+        import logging
+        import socket
+        uvicorn = _import_uvicorn()
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        self._socket = socket.socket(family, kind, proto)
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind(address)
+            self._socket.listen(2048)
+            # uvicorn's own logging setup only when the program has none (as for wsgiref).
+            options = {} if not logging.getLogger().handlers else {"log_config": None}
+            self._config = uvicorn.Config(_asgi_app_to_serve(app),
+                                          timeout_graceful_shutdown=int(_GRACE_SECONDS),
+                                          **options)
+        except BaseException:
+            self._socket.close()
+            raise
+        self._server = uvicorn.Server(self._config)
+        self._threads = threads
+        super().__init__(host, self._socket.getsockname()[1])
+
+    def _run_loop(self) -> None:
+        import asyncio
+        # uvicorn's choice of loop (uvloop when installed), where this Python can take it.
+        factory = getattr(self._config, "get_loop_factory", lambda: None)()
+        runner = getattr(asyncio, "Runner", None)
+        if factory is None or runner is None:
+            asyncio.run(self._serve())
+            return
+        with runner(loop_factory=factory) as loop_runner:
+            loop_runner.run(self._serve())
+
+    async def _serve(self) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(self._threads, thread_name_prefix="microhandler-sync")
+        asyncio.get_running_loop().set_default_executor(pool)
+        await self._server.serve(sockets=[self._socket])
+
+    def _stop_loop(self) -> None:
+        self._server.should_exit = True  # uvicorn polls it every 0.1 s
+
+    def _close(self) -> None:
+        self._socket.close()
+
+
 def make_server(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
                 server: str = "wsgiref", threads: int = 8,
                 header_timeout: float = _HEADER_TIMEOUT,
@@ -7477,6 +7582,7 @@ def make_server(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 80
     `.shutdown()` (from any thread, idempotent). `"wsgiref"` is the built-in server: a
     thread per connection, bounded by the other keyword options (`threads` is unused);
     `"waitress"` runs `threads` workers, with waitress's own bounds, and must be installed.
+    `"uvicorn"` serves `app.asgi`, sync views in a pool of `threads`, and must be installed.
     """
     if server == "wsgiref":
         bounds = _Bounds(header_timeout=header_timeout, keepalive_timeout=keepalive_timeout,
@@ -7487,6 +7593,10 @@ def make_server(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 80
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
         return _WaitressServer(app, host, port, threads)
+    if server == "uvicorn":
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        return _UvicornServer(app, host, port, threads)
     choices = ", ".join(repr(choice) for choice in _SERVER_CHOICES)
     raise ValueError(f"unknown server {server!r}: choose one of {choices}")
 
@@ -7497,6 +7607,8 @@ def _check_server_installed(server: str) -> None:
         raise ValueError(f"unknown server {server!r}: choose one of {choices}")
     if server == "waitress":
         _import_waitress()
+    elif server == "uvicorn":
+        _import_uvicorn()
 
 
 # -- servers: serve(): signals, and the reloader
@@ -7766,6 +7878,14 @@ def _load_app(target: str) -> Callable[..., Any]:
     return wsgi_app
 
 
+def _check_serves_asgi(app: Any, target: str) -> None:
+    try:
+        _asgi_app_to_serve(app)
+    except TypeError:
+        raise _AppLoadError(f"{target} is a WSGI application, not an App: uvicorn serves "
+                            "ASGI applications") from None
+
+
 def _module_invocation() -> list[str]:
     """How to run this file again: `-m package.name`, or its path when run as a script."""
     spec = globals().get("__spec__")
@@ -7799,9 +7919,11 @@ def _argument_parser() -> argparse.ArgumentParser:
                         help="port to bind, 0 for any free port (default 8000)")
     parser.add_argument("--server", choices=_SERVER_CHOICES, default="wsgiref",
                         help="wsgiref: threaded standard library server (default); "
-                             "waitress: needs pip install waitress")
+                             "waitress: needs pip install waitress; uvicorn: serves the "
+                             "App's app.asgi, needs pip install uvicorn")
     parser.add_argument("--threads", type=_thread_count, default=8,
-                        help="worker threads for waitress (default 8)")
+                        help="worker threads for waitress, or for sync views under uvicorn "
+                             "(default 8)")
     parser.add_argument("--reload", action="store_true",
                         help="restart when a .py file under the current directory changes")
     return parser
@@ -7818,6 +7940,8 @@ def main(argv: list[str] | None = None) -> int:
                        else [sys.executable, *_module_invocation(), *argv])
             return _Reloader(command).run()
         app = _load_app(args.app)
+        if args.server == "uvicorn":
+            _check_serves_asgi(app, args.app)
         serve(app, args.host, args.port, server=args.server, threads=args.threads,
               reload=args.reload)
     except (_AppLoadError, _ServerNotInstalled) as exc:

@@ -9150,6 +9150,625 @@ def test_is_safe_url_accepts_the_requests_own_host() -> None:
     assert is_safe_url("http://testserver/x") is False  # outside a request: no "same host"
 
 
+# ============================================================================ ASGI under uvicorn and hypercorn (issue 11)
+
+import select  # noqa: E402 (this block's own import)
+
+ASGI_SOURCE = r'''
+"""An App for the ASGI server tests; events are appended to $ASGI_LOG, flags are files."""
+import asyncio
+import hashlib
+import os
+import threading
+import time
+
+from microhandler import App, StreamingHttpResponse, WebSocketDisconnect, request_finished
+
+LOG = os.environ.get("ASGI_LOG", "")
+FLAGS = os.environ.get("ASGI_FLAGS", "")
+
+
+def note(line):
+    """One line to the log (O_APPEND: whole lines, whatever thread writes)."""
+    if LOG:
+        fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def flag_is_set(token):
+    return os.path.exists(os.path.join(FLAGS, token))
+
+
+def startup_sync():
+    note("startup sync")
+
+
+async def startup_async():
+    await asyncio.sleep(0)
+    note("startup async")
+
+
+def shutdown_sync():
+    note("shutdown sync")
+
+
+async def shutdown_async():
+    await asyncio.sleep(0)
+    note("shutdown async")
+
+
+app = App(max_body_size=4 * 2**20, on_startup=[startup_sync, startup_async],
+          on_shutdown=[shutdown_sync, shutdown_async])
+
+
+def on_finished(sender, **kwargs):
+    note("finished")
+
+
+request_finished.connect(on_finished)
+
+
+@app.route("/ping")
+def ping(request):
+    return "pong"
+
+
+@app.route("/upload", methods=["POST"])
+async def upload(request):
+    upload = request.FILES["file"]
+    digest, size = hashlib.sha256(), 0
+    for chunk in upload.chunks():
+        digest.update(chunk)
+        size += len(chunk)
+    return {"name": upload.filename, "size": size, "sha256": digest.hexdigest(),
+            "note": request.POST.get("note")}
+
+
+@app.route("/echo-size", methods=["POST"])
+def echo_size(request):
+    return {"size": len(request.body)}
+
+
+@app.route("/stream/<token>")
+def stream(request, token):
+    def chunks():
+        yield b"first\n"
+        for _ in range(600):   # 30 s at most, then say so instead of hanging
+            if flag_is_set(token):
+                yield b"second: flag seen\n"
+                return
+            time.sleep(0.05)
+        yield b"second: timed out\n"
+    return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+
+@app.route("/sse/<token>")
+async def sse(request, token):
+    async def events():
+        yield "data: one\n\n"
+        for _ in range(600):
+            if flag_is_set(token):
+                yield "data: two\n\n"
+                return
+            await asyncio.sleep(0.05)
+        yield "data: timed out\n\n"
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+@app.route("/slow/<token>")
+async def slow(request, token):
+    note("entered " + token)
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        note("cancelled " + token)
+        raise
+    note("completed " + token)
+    return "too late"
+
+
+@app.route("/forever/async/<token>")
+async def forever_async(request, token):
+    async def ticks():
+        try:
+            for number in range(1200):   # 60 s at most: "ran out" means nobody stopped it
+                yield "data: %d\n\n" % number
+                await asyncio.sleep(0.05)
+            note("stream ran out " + token)
+        finally:
+            note("stream closed " + token)
+    return StreamingHttpResponse(ticks(), content_type="text/event-stream")
+
+
+@app.route("/forever/sync/<token>")
+def forever_sync(request, token):
+    def ticks():
+        try:
+            for number in range(1200):
+                yield "data: %d\n\n" % number
+                time.sleep(0.05)
+            note("stream ran out " + token)
+        finally:
+            note("stream closed " + token)
+    return StreamingHttpResponse(ticks(), content_type="text/event-stream")
+
+
+@app.route("/thread/sync")
+def sync_thread(request):
+    return {"ident": threading.get_ident()}
+
+
+@app.route("/thread/async")
+async def async_thread(request):
+    return {"ident": threading.get_ident()}
+
+
+@app.websocket("/ws/echo")
+async def echo(ws):
+    await ws.accept()
+    async for message in ws:
+        if isinstance(message, str):
+            await ws.send_text(message)
+        else:
+            await ws.send_bytes(message)
+
+
+@app.websocket("/ws/json")
+async def json_echo(ws):
+    await ws.accept()
+    while True:
+        data = await ws.receive_json()
+        await ws.send_json({"got": data})
+
+
+@app.websocket("/ws/room/<room>/<int:number>")
+async def room(ws, room, number):
+    await ws.accept()
+    await ws.send_json({"room": room, "number": number, "q": ws.request.GET.get("q"),
+                        "cookie": ws.request.COOKIES.get("who")})
+    await ws.close()
+
+
+@app.websocket("/ws/proto")
+async def proto(ws):
+    offered = [name.strip(" ") for name in
+               ws.request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    await ws.accept(subprotocol="chat.v2" if "chat.v2" in offered else None)
+    await ws.send_text(",".join(offered))
+    await ws.close()
+
+
+@app.websocket("/ws/watch/<token>")
+async def watch(ws, token):
+    await ws.accept()
+    async for message in ws:
+        note("message " + token + " " + message)
+    note("iteration ended " + token)
+
+
+@app.websocket("/ws/watch-raise/<token>")
+async def watch_raise(ws, token):
+    await ws.accept()
+    try:
+        while True:
+            note("message " + token + " " + await ws.receive_text())
+    except WebSocketDisconnect as exc:
+        note("disconnect %s %s" % (token, exc.code))
+        raise
+'''
+
+ASGI_SERVERS = ["uvicorn", "hypercorn"]
+
+
+@dataclasses.dataclass
+class AsgiLive:
+    """An ASGI server subprocess serving ASGI_SOURCE's `app.asgi`."""
+
+    kind: str
+    port: int
+    log: Path
+    flags: Path
+    proc: subprocess.Popen[bytes]
+    output: Path
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def set_flag(self, token: str) -> None:
+        (self.flags / token).write_text("set")
+
+    def stop(self) -> None:
+        """SIGTERM, and the clean exit that follows it (uvicorn re-raises the signal it
+        handled once it has shut down, so its status is -SIGTERM)."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(30) in (0, -signal.SIGTERM), self.output.read_text()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(15)
+
+
+def start_asgi_server(kind: str, directory: Path) -> AsgiLive:
+    (directory / "asgiapp.py").write_text(ASGI_SOURCE)
+    flags = directory / "flags"
+    flags.mkdir(exist_ok=True)
+    log, output = directory / "asgi-events.log", directory / f"{kind}.out"
+    port = free_port()
+    target = "asgiapp:app.asgi"   # no --interface flag: detected as ASGI 3
+    command = ([sys.executable, "-m", "uvicorn", target, "--host", HOST, "--port", str(port)]
+               if kind == "uvicorn" else
+               [sys.executable, "-m", "hypercorn", "--bind", f"{HOST}:{port}", target])
+    with output.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=directory, stdout=out, stderr=subprocess.STDOUT,
+                                env=subprocess_env(ASGI_LOG=str(log), ASGI_FLAGS=str(flags)),
+                                start_new_session=True)
+    live = AsgiLive(kind, port, log, flags, proc, output)
+    if not wait_until(lambda: proc.poll() is not None or accepts_connections(port), 30, 0.1) \
+            or proc.poll() is not None:
+        live.kill()
+        pytest.fail(f"{kind} did not start:\n" + output.read_text())
+    return live
+
+
+@pytest.fixture(scope="module", params=ASGI_SERVERS)
+def asgi_live(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsgiLive]:
+    """One server per kind for the tests that need no fresh process."""
+    live = start_asgi_server(request.param, tmp_path_factory.mktemp(request.param))
+    try:
+        yield live
+    finally:
+        live.kill()
+    assert "Traceback" not in live.output.read_text()   # nothing failed on the server side
+
+
+@pytest.fixture(params=ASGI_SERVERS)
+def fresh_asgi_live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AsgiLive]:
+    live = start_asgi_server(request.param, tmp_path)
+    try:
+        yield live
+    finally:
+        live.kill()
+    assert "Traceback" not in live.output.read_text()
+
+
+def raw_response(sock: socket.socket, method: str = "GET") -> http.client.HTTPResponse:
+    """Read one response from `sock` (its timeout bounds every wait)."""
+    response = http.client.HTTPResponse(sock, method=method)
+    response.begin()
+    return response
+
+
+def asgi_token() -> str:
+    return uuid.uuid4().hex
+
+
+# -- HTTP
+
+def test_asgi_server_3mb_multipart_upload(asgi_live: AsgiLive) -> None:
+    payload = os.urandom(3 * 10**6)
+    boundary = "----microhandler" + asgi_token()
+    body = b"".join([
+        f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhé\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode(),
+        payload, f"\r\n--{boundary}--\r\n".encode()])
+    status, content, _ = request(asgi_live.port, "POST", "/upload", body, {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200, content
+    assert json.loads(content) == {"name": "big.bin", "size": len(payload), "note": "hé",
+                                   "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def test_asgi_server_413_for_a_declared_length_over_max_body_size(asgi_live: AsgiLive) -> None:
+    # Only the headers are sent: the 413 comes before any of the body.
+    with socket.create_connection((HOST, asgi_live.port), timeout=15) as sock:
+        sock.sendall(b"POST /echo-size HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (5 * 2**20))
+        response = raw_response(sock)
+        assert response.status == 413
+        response.read()
+    assert request(asgi_live.port, "POST", "/echo-size", b"x" * 1000)[1] == b'{"size":1000}'
+
+
+def test_asgi_server_413_for_a_chunked_body_over_max_body_size(asgi_live: AsgiLive) -> None:
+    # No Content-Length: the limit is enforced as the chunks arrive. Stop sending as soon
+    # as the answer is there (the server stops reading once it refused the body).
+    block = b"y" * 65536
+    chunk = b"%x\r\n%s\r\n" % (len(block), block)
+    with socket.create_connection((HOST, asgi_live.port), timeout=15) as sock:
+        sock.sendall(b"POST /echo-size HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        sent = 0
+        for _ in range(200):   # up to 12.5 MiB, far past the 4 MiB limit
+            readable, writable, _ = select.select([sock], [sock], [], 15)
+            if readable or not writable:
+                break
+            sock.sendall(chunk)
+            sent += len(block)
+        assert select.select([sock], [], [], 15)[0], "no answer to an oversized chunked body"
+        response = raw_response(sock)
+        assert response.status == 413
+    assert sent > 4 * 2**20 - len(block)   # it was refused for its size, not before
+
+
+def test_asgi_server_streams_each_chunk_when_produced(asgi_live: AsgiLive) -> None:
+    # The second chunk waits for a flag the test sets only after reading the first one:
+    # a server or handler that buffered the response would deliver "timed out".
+    token = asgi_token()
+    conn = http.client.HTTPConnection(HOST, asgi_live.port, timeout=45)
+    try:
+        conn.request("GET", f"/stream/{token}")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.readline() == b"first\n"
+        asgi_live.set_flag(token)
+        assert response.read() == b"second: flag seen\n"
+    finally:
+        conn.close()
+
+
+def test_asgi_server_sends_server_sent_events_from_an_async_generator(
+        asgi_live: AsgiLive) -> None:
+    token = asgi_token()
+    conn = http.client.HTTPConnection(HOST, asgi_live.port, timeout=45)
+    try:
+        conn.request("GET", f"/sse/{token}", headers={"Accept": "text/event-stream"})
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type", "").startswith("text/event-stream")
+        assert response.getheader("Cache-Control") == "no-cache"
+        assert response.readline() == b"data: one\n"
+        assert response.readline() == b"\n"
+        asgi_live.set_flag(token)
+        assert response.read() == b"data: two\n\n"
+    finally:
+        conn.close()
+
+
+def test_asgi_server_runs_sync_views_off_the_event_loop_thread(asgi_live: AsgiLive) -> None:
+    loop_threads = {json.loads(request(asgi_live.port, "GET", "/thread/async")[1])["ident"]
+                    for _ in range(3)}
+    sync_thread = json.loads(request(asgi_live.port, "GET", "/thread/sync")[1])["ident"]
+    assert len(loop_threads) == 1   # async views: always the loop's thread
+    assert sync_thread not in loop_threads
+
+
+def test_asgi_server_client_disconnect_cancels_the_async_view(
+        fresh_asgi_live: AsgiLive) -> None:
+    live, token = fresh_asgi_live, asgi_token()
+    with socket.create_connection((HOST, live.port), timeout=15) as sock:
+        sock.sendall(f"GET /slow/{token} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        assert wait_until(lambda: f"entered {token}" in live.lines(), 15), live.lines()
+    assert wait_until(lambda: f"cancelled {token}" in live.lines(), 15), live.lines()
+    assert request(live.port, "GET", "/ping")[:2] == (200, b"pong")
+    live.stop()   # after exit, every signal has been sent
+    lines = live.lines()
+    assert f"completed {token}" not in lines
+    assert lines.count("finished") == 2   # once for the cancelled view, once for /ping
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_asgi_server_client_leaving_an_endless_stream_stops_it(fresh_asgi_live: AsgiLive,
+                                                                kind: str) -> None:
+    # Server-sent events that never end on their own: once the client has gone, the
+    # iterator is stopped and closed (its finally runs) and request_finished is sent.
+    live, token = fresh_asgi_live, asgi_token()
+    with socket.create_connection((HOST, live.port), timeout=15) as sock:
+        sock.sendall(f"GET /forever/{kind}/{token} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        received = b""
+        for _ in range(1000):
+            if b"data: 1\n\n" in received:
+                break
+            data = sock.recv(65536)
+            assert data, received
+            received += data
+        assert b"data: 0\n\n" in received
+    assert wait_until(lambda: f"stream closed {token}" in live.lines(), 15), live.lines()
+    assert wait_until(lambda: "finished" in live.lines(), 15)
+    live.stop()
+    lines = live.lines()
+    assert f"stream ran out {token}" not in lines
+    assert lines.count("finished") == 1
+
+
+def test_asgi_server_runs_lifespan_startup_and_shutdown(fresh_asgi_live: AsgiLive) -> None:
+    live = fresh_asgi_live
+    # The server accepts connections only once startup is complete.
+    assert live.lines()[:2] == ["startup sync", "startup async"]
+    assert request(live.port, "GET", "/ping")[1] == b"pong"
+    assert "shutdown sync" not in live.lines()
+    live.stop()
+    assert live.lines()[-2:] == ["shutdown sync", "shutdown async"]
+
+
+# -- WebSocket, with the websockets client
+
+def ws_url(live: AsgiLive, path: str) -> str:
+    return f"ws://{HOST}:{live.port}{path}"
+
+
+def test_asgi_server_websocket_echoes_text_bytes_and_json(asgi_live: AsgiLive) -> None:
+    from websockets.sync.client import connect
+    with connect(ws_url(asgi_live, "/ws/echo"), open_timeout=15, close_timeout=5) as ws:
+        ws.send("héllo")
+        assert ws.recv(timeout=15) == "héllo"
+        ws.send(b"\x00\xffbin")
+        assert ws.recv(timeout=15) == b"\x00\xffbin"
+    with connect(ws_url(asgi_live, "/ws/json"), open_timeout=15, close_timeout=5) as ws:
+        ws.send(json.dumps({"a": [1, 2], "b": None}))
+        assert json.loads(ws.recv(timeout=15)) == {"got": {"a": [1, 2], "b": None}}
+
+
+def test_asgi_server_websocket_path_converters_query_and_cookies(asgi_live: AsgiLive) -> None:
+    from websockets.sync.client import connect
+    with connect(ws_url(asgi_live, "/ws/room/l%C3%A9on/42?q=x%20y"), open_timeout=15,
+                 close_timeout=5, additional_headers={"Cookie": "who=ann"}) as ws:
+        assert json.loads(ws.recv(timeout=15)) == {"room": "léon", "number": 42, "q": "x y",
+                                                   "cookie": "ann"}
+
+
+def test_asgi_server_websocket_subprotocol_is_negotiated(asgi_live: AsgiLive) -> None:
+    from websockets.sync.client import connect
+    with connect(ws_url(asgi_live, "/ws/proto"), subprotocols=["chat.v1", "chat.v2"],
+                 open_timeout=15, close_timeout=5) as ws:
+        assert ws.subprotocol == "chat.v2"
+        assert ws.recv(timeout=15) == "chat.v1,chat.v2"
+
+
+@pytest.mark.parametrize("path", ["/ws/nope", "/ws/room/x/not-a-number", "/ping"])
+def test_asgi_server_websocket_without_handler_is_refused_with_403(asgi_live: AsgiLive,
+                                                                   path: str) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+    with pytest.raises(InvalidStatus) as caught:
+        connect(ws_url(asgi_live, path), open_timeout=15, close_timeout=5)
+    assert caught.value.response.status_code == 403
+
+
+def test_asgi_server_http_request_to_a_websocket_path_is_426(asgi_live: AsgiLive) -> None:
+    status, _, headers = request(asgi_live.port, "GET", "/ws/echo")
+    assert status == 426
+    assert headers["Upgrade"] == "websocket"
+
+
+@pytest.mark.parametrize("path", ["/ws/watch", "/ws/watch-raise"])
+def test_asgi_server_websocket_handler_sees_the_client_leave(asgi_live: AsgiLive,
+                                                             path: str) -> None:
+    from websockets.sync.client import connect
+    token = asgi_token()
+    with connect(ws_url(asgi_live, f"{path}/{token}"), open_timeout=15, close_timeout=5) as ws:
+        ws.send("hi")
+        assert wait_until(lambda: f"message {token} hi" in asgi_live.lines(), 15)
+    if path == "/ws/watch":
+        ended = [f"iteration ended {token}"]
+    elif asgi_live.kind == "uvicorn":
+        ended = [f"disconnect {token} 1000"]
+    else:   # hypercorn 0.18 drops the client's close code: its ws_stream reports 1006
+        ended = [f"disconnect {token} 1000", f"disconnect {token} 1006"]
+    assert wait_until(lambda: set(ended) & set(asgi_live.lines()), 15), asgi_live.lines()
+
+
+# -- serve(app, server="uvicorn") and the command line
+
+@pytest.fixture
+def load_asgi_module() -> Iterator[Callable[[Path], Any]]:
+    """Import ASGI_SOURCE in this process; its request_finished receiver goes afterwards."""
+    loaded: list[Any] = []
+
+    def load(directory: Path) -> Any:
+        path = directory / "asgiapp.py"
+        path.write_text(ASGI_SOURCE)
+        spec = importlib.util.spec_from_file_location(f"asgiapp_{next(_module_numbers)}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        loaded.append(module)
+        return module
+
+    try:
+        yield load
+    finally:
+        for module in loaded:
+            request_finished.disconnect(module.on_finished)
+
+
+def test_make_server_uvicorn_serves_app_asgi_in_a_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_asgi_module: Any) -> None:
+    from websockets.sync.client import connect
+    log = tmp_path / "events.log"
+    monkeypatch.setenv("ASGI_LOG", str(log))
+    module = load_asgi_module(tmp_path)
+    server = servers.make_server(module.app, HOST, 0, server="uvicorn", threads=2)
+    assert server.port != 0 and server.url == f"http://{HOST}:{server.port}"
+    thread = threading.Thread(target=server.serve_forever, name="test-uvicorn", daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: accepts_connections(server.port), 15)
+        assert request(server.port, "GET", "/ping")[:2] == (200, b"pong")
+        sync_ident = json.loads(request(server.port, "GET", "/thread/sync")[1])["ident"]
+        assert sync_ident not in (thread.ident, threading.get_ident())
+        with connect(f"ws://{HOST}:{server.port}/ws/echo", open_timeout=15,
+                     close_timeout=5) as ws:
+            ws.send("through make_server")
+            assert ws.recv(timeout=15) == "through make_server"
+    finally:
+        server.shutdown()
+        server.shutdown()   # twice is fine
+        thread.join(15)
+    assert not thread.is_alive()
+    assert port_is_free(server.port)
+    lines = log.read_text().splitlines()
+    assert lines[:2] == ["startup sync", "startup async"]
+    assert lines[-2:] == ["shutdown sync", "shutdown async"]
+
+
+def test_make_server_uvicorn_shutdown_before_serving(tmp_path: Path,
+                                                     load_asgi_module: Any) -> None:
+    server = servers.make_server(load_asgi_module(tmp_path).app, HOST, 0, server="uvicorn")
+    server.shutdown()
+    server.serve_forever()   # returns at once
+    assert port_is_free(server.port)
+
+
+def test_make_server_uvicorn_refuses_a_wsgi_callable(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="uvicorn serves ASGI applications"):
+        servers.make_server(load_app_module(tmp_path).app, HOST, 0, server="uvicorn")
+
+
+def test_missing_uvicorn_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            load_asgi_module: Any) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    with pytest.raises(ImportError, match=r'pip install "uvicorn\[standard\]"'):
+        servers.make_server(load_asgi_module(tmp_path).app, HOST, 0, server="uvicorn")
+
+
+def test_cli_uvicorn_serves_the_app_until_sigterm(cli: Callable[..., Cli],
+                                                  tmp_path: Path) -> None:
+    (tmp_path / "asgiapp.py").write_text(ASGI_SOURCE)
+    log = tmp_path / "cli-events.log"
+    process = cli("asgiapp:app", "--port", "0", "--server", "uvicorn", ASGI_LOG=str(log))
+    port = process.wait_serving()
+    assert "(uvicorn, Ctrl-C to stop)" in process.output()[0]
+    assert request(port, "GET", "/ping")[:2] == (200, b"pong")
+    from websockets.sync.client import connect
+    with connect(f"ws://{HOST}:{port}/ws/echo", open_timeout=15, close_timeout=5) as ws:
+        ws.send("cli")
+        assert ws.recv(timeout=15) == "cli"
+    assert process.stop() == 0
+    assert "Traceback" not in process.output()[1]
+    assert log.read_text().splitlines()[-2:] == ["shutdown sync", "shutdown async"]
+    assert wait_until(lambda: port_is_free(port))
+
+
+def test_cli_missing_uvicorn_is_one_clear_line(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow" / "uvicorn"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named uvicorn')\n")
+    (tmp_path / "asgiapp.py").write_text(ASGI_SOURCE)
+    result = run_cli(tmp_path, "asgiapp:app", "--port", "0", "--server", "uvicorn",
+                     PREPEND_PATH=str(shadow.parent))
+    assert result.returncode == 2
+    assert 'error: uvicorn is not installed: pip install "uvicorn[standard]" (or pip install ' \
+           '"microhandler[uvicorn]")' in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_uvicorn_with_a_wsgi_callable_is_one_clear_line(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "testapp:app", "--port", "0", "--server", "uvicorn")
+    assert result.returncode == 2
+    assert "error: testapp:app is a WSGI application, not an App" in result.stderr
+    assert "Traceback" not in result.stderr
 # ============================================================================ databases: atomic views (issue 13)
 
 import functools  # noqa: E402
