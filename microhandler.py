@@ -3842,6 +3842,15 @@ def _lease_connection(request: Request) -> _Lease:
     return lease
 
 
+def _give_back_connection(request: Request | None) -> None:
+    """Give request.db back now, from the thread that opened it: under ASGI each sync call
+    runs in some pool thread, and the response closes on the loop's thread, where sqlite3
+    would refuse the connection. The next use of request.db leases one again."""
+    lease = None if request is None else request.__dict__.pop("_db_lease", None)
+    if lease is not None:
+        lease.close()
+
+
 def non_atomic_requests(view: _F) -> _F:
     """Decorator: with `App(atomic_requests=True)`, run this view (a function, or a View
     class) outside a transaction, as Django's does."""
@@ -3958,6 +3967,17 @@ def _await_from_sync(awaitable: Any) -> Any:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _call_in_worker(function: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+    """A view's (or hook's) sync call in the ASGI thread pool; request.db, if it opened one,
+    goes back before the thread is left."""
+    try:
+        return function(*args, **kwargs)
+    finally:
+        if _current_request.get() is not None:
+            _give_back_connection(_current_request.get())
 
 
 async def _to_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -4502,7 +4522,7 @@ class App:
             while True:
                 try:
                     if offload and not _is_async(function):
-                        result = await _to_thread(function, *args, **kwargs)
+                        result = await _to_thread(_call_in_worker, function, args, kwargs)
                     else:
                         result = function(*args, **kwargs)
                         if hasattr(result, "__await__"):
