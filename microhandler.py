@@ -4101,6 +4101,10 @@ class _Hooks:
         self.template: list[tuple[Callable[..., Any], bool]] = []
         self.exception: list[tuple[Callable[..., Any], bool]] = []
 
+    @property
+    def none(self) -> bool:
+        return not (self.view or self.template or self.exception)
+
     def add(self, instance: Any, offload: bool) -> None:
         # Walking the list from inner to outer: process_view runs outer to inner, so each
         # goes in front; template and exception hooks run inner to outer, like the response.
@@ -4190,6 +4194,7 @@ class App:
         # One chain per interface, built on first use: index False for WSGI, True for ASGI.
         self._chains: list[Callable[[Request], Any] | None] = [None, None]
         self._hooks: list[_Hooks] = [_Hooks(), _Hooks()]
+        self._without_hooks = False  # the WSGI chain has no middleware hook: a fast path
         self._started = False
         self._resolver: Resolver | None = None
         self._templates: Any = None
@@ -4303,6 +4308,7 @@ class App:
             self.resolver  # noqa: B018 (compile the routes before serving)
             self._chains[is_async] = handler
             if not is_async:
+                self._without_hooks = hooks.none
                 self._middleware_chain = handler
             return handler
 
@@ -4337,7 +4343,10 @@ class App:
     def get_response(self, request: Request) -> HttpResponse:
         """Run the request through the middleware onion; always returns a response."""
         chain = self._middleware_chain or self.load_middleware()
-        response = self._check_host(request) or chain(request)
+        if self.allowed_hosts is None:
+            response = chain(request)
+        else:
+            response = self._check_host(request) or chain(request)
         return self._finish_response(request, response)
 
     async def get_response_async(self, request: Request) -> HttpResponse:
@@ -4372,8 +4381,21 @@ class App:
 
     def _get_response(self, request: Request) -> HttpResponse:
         """The centre of the onion under WSGI: the journey, run in this thread."""
-        response: HttpResponse = self._drive(self._journey(request, self._hooks[False]))
-        return response
+        if self._without_hooks:
+            # PERF: with no middleware hook, the journey is resolve, call, coerce: run here
+            # without the generator and its driver (a third of a hello request).
+            callback, args, kwargs = self.resolve_request(request)
+            if self.atomic_requests:
+                callback = self.make_view_atomic(callback)
+            value = callback(request, *args, **kwargs)
+            if hasattr(value, "__await__"):
+                value = _await_from_sync(value)
+            response = self.make_response(value, callback)
+            if response.render is not None and not response.is_rendered:
+                response = response.render()
+            return response
+        result: HttpResponse = self._drive(self._journey(request, self._hooks[False]))
+        return result
 
     async def _get_response_async(self, request: Request) -> HttpResponse:
         """The centre of the onion under ASGI: the same journey, awaited."""
@@ -4441,8 +4463,9 @@ class App:
         item = resolver.first_static.get(path)
         if item is not None and item.accepts(method):
             # PERF: a literal path whose route is known, at start-up, to be tried first.
-            request._route_found = (item, (), item.kwargs.copy())
-            return item.view, (), request._route_found[2]
+            kwargs = item.kwargs.copy() if item.kwargs else {}
+            request._route_found = (item, (), kwargs)
+            return item.view, (), kwargs
         try:
             item, args, kwargs = resolver.resolve(path, method)
         except MethodNotAllowed as exc:
@@ -4669,7 +4692,10 @@ class App:
     def _start_response(self, request: Request, response: HttpResponse,
                         start_response: Callable[..., Any]) -> Iterable[bytes]:
         status = response.status_code
-        headers, has_body = _response_headers(response, request.method)
+        if status in _BODILESS_STATUSES or request.method == "HEAD":
+            headers, has_body = _response_headers(response, request.method)
+        else:  # PERF: the usual case, without the call
+            headers, has_body = response.wsgi_headers(), True
         status_line = response._reason_phrase is None and _STATUS_LINES.get(status)
         start_response(status_line or _status_line(status, response), headers)
         if not has_body:
