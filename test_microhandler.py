@@ -11850,15 +11850,60 @@ def test_templates_that_extend_and_include_fail_only_with_template_error(
 WHEEL_SOURCES = ("pyproject.toml", "setup.py", "microhandler.py", "README.md", "LICENSE")
 
 TYPED_APP = '''
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 from typing_extensions import assert_type
 
-from microhandler import (App, Client, HttpResponse, JsonResponse, Request, Signal,
-                          redirect, request_finished)
+from microhandler import (App, Client, ConditionalGetMiddleware, CorsMiddleware,
+                          CsrfViewMiddleware, GZipMiddleware, HttpResponse, JsonResponse,
+                          Request, SecurityMiddleware, SessionMiddleware, Signal, WebSocket,
+                          csrf_exempt, non_atomic_requests, redirect, request_finished)
 
 app = App(debug=True, max_body_size=2**20, allowed_hosts=["testserver"])
 seen = Signal("seen")
+# The batteries, listed bare or called with their options (a factory the chain calls).
+batteries = App(middleware=[
+    CorsMiddleware(allow_origins=["https://a.example"], allow_credentials=True),
+    SessionMiddleware, SessionMiddleware(max_age=None, secure=True), CsrfViewMiddleware,
+    CsrfViewMiddleware(trusted_origins=["https://a.example"]), GZipMiddleware(min_size=10),
+    ConditionalGetMiddleware, ConditionalGetMiddleware(), SecurityMiddleware(hsts_seconds=60),
+], database=lambda: None, atomic_requests=True)
+batteries.use(GZipMiddleware)
+
+
+@batteries.route("/count", methods=["POST"])
+@csrf_exempt
+@non_atomic_requests
+def count(request: Request, step: int) -> dict[str, int]:
+    session: MutableMapping[str, Any] = request.session
+    session["count"] = int(request.session.get("count", 0)) + step
+    request.session.modified = True
+    return {"count": session["count"]}
+
+
+@batteries.websocket("/ws/<room>")
+async def chat(ws: WebSocket, room: str) -> None:
+    await ws.accept()
+    await ws.send_json({"joined": room})
+
+
+@batteries.template_filter("shout")
+def shout(value: object, end: str = "!") -> str:
+    return str(value).upper() + end
+
+
+@batteries.error_handler(PermissionError)
+def refused(request: Request, exc: PermissionError) -> HttpResponse:
+    return HttpResponse(str(exc), status=403)
+
+
+# Each decorator gives the function back with its type (the mistakes file calls them wrong).
+async def check_decorated(request: Request, ws: WebSocket) -> None:
+    assert_type(count(request, 1), "dict[str, int]")
+    assert_type(shout("x", end="?"), str)
+    assert_type(refused(request, PermissionError()), HttpResponse)
+    assert_type(await chat(ws, "room"), None)
 
 
 @app.route("/items/<int:id>", methods=["GET", "POST"], name="item")
@@ -11921,9 +11966,17 @@ APP_MISTAKES = [
     ("page: int = Request({}).GET.get('page', '1')",
      'Incompatible types in assignment (expression has type "str", variable has type "int")'),
     ("app.error_handler('404')", 'Argument 1 to "error_handler" of "App" has incompatible type'),
+    # A battery's options are checked by name and type, in the form that configures it.
+    ("App(middleware=[CorsMiddleware(allow_origin=['https://a.example'])])",
+     'Unexpected keyword argument "allow_origin" for "CorsMiddleware"; did you mean '
+     '"allow_origins"?'),
+    ("App(middleware=[GZipMiddleware(min_size='1k')])",
+     'Argument "min_size" to "GZipMiddleware" has incompatible type "str"; expected "int"'),
+    ("hook(Request({}))", 'Missing positional argument "token" in call to "hook"'),
 ]
 
-MISTAKES_PREAMBLE = '''from microhandler import App, HttpResponse, Request
+MISTAKES_PREAMBLE = '''from microhandler import (App, CorsMiddleware, GZipMiddleware, HttpResponse,
+                          Request, csrf_exempt)
 
 app = App()
 
@@ -11931,6 +11984,12 @@ app = App()
 @app.route("/items/<int:id>")
 def item(request: Request, id: int) -> HttpResponse:
     return HttpResponse(str(id))
+
+
+@app.route("/hook/<token>", methods=["POST"])
+@csrf_exempt
+def hook(request: Request, token: str) -> HttpResponse:
+    return HttpResponse(token)
 
 
 '''
