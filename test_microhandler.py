@@ -6573,7 +6573,9 @@ def test_werkzeug_cve_2024_34069_debug_page_runs_no_code():
     response = client.get("/boom", query={"__debugger__": "yes", "cmd": "import os",
                                           "frm": "0", "s": "x"})
     assert response.status_code == 500
-    assert "<script" not in response.text.lower() and "pin" not in response.text.lower()
+    # "pin" as a word: the traceback's paths may hold it (a checkout under .../typing2/).
+    assert "<script" not in response.text.lower() and not re.search(r"\bpin\b",
+                                                                    response.text.lower())
     probe = client.get("/", query={"__debugger__": "yes", "cmd": "resource", "f": "debugger.js"})
     assert probe.status_code == 404
 
