@@ -5183,7 +5183,12 @@ class _ConfiguredMiddleware:
 class _MiddlewareMixin:
     """Django's MiddlewareMixin: a battery writes `process_request(request)` (a response
     to answer early, or None) and `process_response(request, response)` once; `__call__`
-    runs them around the inner layer, awaiting it when the chain is async (ASGI)."""
+    runs them around the inner layer, awaiting it when the chain is async (ASGI).
+
+    A battery is listed bare (`SessionMiddleware`) or called with its options only
+    (`CorsMiddleware(allow_origins=[...])`), which gives a factory the chain calls with
+    `get_response`. Type checkers read `__init__`, not `__new__`: so each `__init__` takes
+    `get_response` as optional and its options by keyword, and both forms are checked."""
 
     sync_capable = True
     async_capable = True
@@ -5193,8 +5198,10 @@ class _MiddlewareMixin:
             return _ConfiguredMiddleware(cls, options)
         return super().__new__(cls)
 
-    def __init__(self, get_response: Callable[..., Any], /) -> None:
-        self.get_response = get_response
+    def __init__(self, get_response: Callable[..., Any] | None = None, /) -> None:
+        # Never None here: without it, __new__ returned a factory and __init__ is skipped.
+        self.get_response: Callable[..., Any] = (_no_inner_layer if get_response is None
+                                                 else get_response)
         self._async = _is_async(get_response)
         if self._async:
             markcoroutinefunction(self)
@@ -5322,9 +5329,10 @@ class SessionMiddleware(_MiddlewareMixin):
     the cookie is written only when the session changed, and expires after `max_age`
     seconds (None: when the browser closes)."""
 
-    def __init__(self, get_response: Callable[..., Any], /, *, cookie_name: str = "session",
-                 max_age: int | None = 14 * 24 * 3600, secure: bool = False,
-                 httponly: bool = True, samesite: str | None = "Lax") -> None:
+    def __init__(self, get_response: Callable[..., Any] | None = None, /, *,
+                 cookie_name: str = "session", max_age: int | None = 14 * 24 * 3600,
+                 secure: bool = False, httponly: bool = True,
+                 samesite: str | None = "Lax") -> None:
         super().__init__(get_response)
         self.cookie_name = cookie_name
         self.max_age = max_age
@@ -5545,7 +5553,7 @@ class CsrfViewMiddleware(_MiddlewareMixin):
     """Django's CSRF protection: an unsafe request must come from this site (Origin, or
     Referer over HTTPS) and carry the token of its CSRF cookie; else a 403 saying why."""
 
-    def __init__(self, get_response: Callable[..., Any], /, *,
+    def __init__(self, get_response: Callable[..., Any] | None = None, /, *,
                  trusted_origins: Iterable[str] = (), cookie_name: str = "csrftoken",
                  header_name: str = "X-CSRFToken") -> None:
         super().__init__(get_response)
@@ -5633,7 +5641,7 @@ class CorsMiddleware(_MiddlewareMixin):
     """Cross-origin requests from the origins allowed (django-cors-headers): preflights are
     answered before routing; other responses, errors included, carry the CORS headers."""
 
-    def __init__(self, get_response: Callable[..., Any], /, *,
+    def __init__(self, get_response: Callable[..., Any] | None = None, /, *,
                  allow_origins: str | Iterable[str] | Callable[[str], bool] = (),
                  allow_methods: Iterable[str] = ("GET", "HEAD", "POST", "PUT", "PATCH",
                                                  "DELETE", "OPTIONS"),
@@ -5764,8 +5772,8 @@ def _as_plain_stream(response: StreamingHttpResponse) -> StreamingHttpResponse:
 class GZipMiddleware(_MiddlewareMixin):
     """Compress text-like bodies, streaming ones too, for clients that accept gzip."""
 
-    def __init__(self, get_response: Callable[..., Any], /, *, min_size: int = 200,
-                 compresslevel: int = 6) -> None:
+    def __init__(self, get_response: Callable[..., Any] | None = None, /, *,
+                 min_size: int = 200, compresslevel: int = 6) -> None:
         super().__init__(get_response)
         self.min_size = min_size
         self.compresslevel = compresslevel
@@ -5886,8 +5894,9 @@ class SecurityMiddleware(_MiddlewareMixin):
     """Django's SecurityMiddleware: nosniff, Referrer-Policy, Cross-Origin-Opener-Policy,
     HSTS (over HTTPS only) and, with `ssl_redirect`, a redirect from http to https."""
 
-    def __init__(self, get_response: Callable[..., Any], /, *, hsts_seconds: int = 0,
-                 hsts_include_subdomains: bool = False, ssl_redirect: bool = False,
+    def __init__(self, get_response: Callable[..., Any] | None = None, /, *,
+                 hsts_seconds: int = 0, hsts_include_subdomains: bool = False,
+                 ssl_redirect: bool = False,
                  content_type_nosniff: bool = True,
                  referrer_policy: str | Iterable[str] | None = "same-origin",
                  cross_origin_opener_policy: str | None = "same-origin") -> None:

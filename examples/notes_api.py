@@ -6,6 +6,9 @@
          -d '{"text": "buy milk"}' http://127.0.0.1:8000/notes
 
 - ``GET /notes``, ``POST /notes``, ``GET|PUT|DELETE /notes/<id>``: JSON in, JSON out;
+- ``request.db`` is a connection to the sqlite3 file from ``App(database=...)``, and with
+  ``atomic_requests=True`` each view is one transaction: committed when it returns, rolled
+  back when it raises (a 400 or a 404 included), so no half-done change is ever kept;
 - every request needs ``Authorization: Bearer <token>`` (compared in constant time); a
   browser never attaches that header by itself, so no CSRF token is needed here;
 - ``CorsMiddleware`` lets the front-ends listed in ``NOTES_FRONTENDS`` call the API from a
@@ -18,10 +21,13 @@ separated by spaces).
 """
 
 import contextlib
+import functools
 import hmac
 import os
 import sqlite3
 import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -32,6 +38,7 @@ from microhandler import (
     Http404,
     HttpResponse,
     JsonResponse,
+    Request,
     serve,
 )
 
@@ -40,15 +47,18 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS notes (
     text TEXT NOT NULL,
     created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
 )"""
+COLUMNS = ("id", "text", "created")
 MAX_TEXT = 10_000
 
+View = Callable[[Request], HttpResponse]
 
-def bearer_token(token):
+
+def bearer_token(token: str) -> Callable[[View], View]:
     """Middleware: refuse (401) any request without `Authorization: Bearer <token>`."""
     expected = token.encode()
 
-    def factory(get_response):
-        def check_token(request):
+    def factory(get_response: View) -> View:
+        def check_token(request: Request) -> HttpResponse:
             scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() == "bearer" and hmac.compare_digest(sent.encode(), expected):
                 return get_response(request)
@@ -58,7 +68,7 @@ def bearer_token(token):
     return factory
 
 
-def note_text(request):
+def note_text(request: Request) -> str:
     """The note's text from a JSON body {"text": "..."}; 400 for anything else."""
     data = request.json
     text = data.get("text") if isinstance(data, dict) else None
@@ -67,55 +77,57 @@ def note_text(request):
     return text
 
 
-def make_app(database, token, frontends=()):
+def found(db: sqlite3.Connection, note_id: int) -> dict[str, Any]:
+    """The note as JSON-ready dict; 404 when there is none."""
+    row = db.execute("SELECT id, text, created FROM notes WHERE id = ?", (note_id,)).fetchone()
+    if row is None:
+        raise Http404(f"No note {note_id}")
+    return dict(zip(COLUMNS, row, strict=True))
+
+
+def make_app(database: str, token: str, frontends: Iterable[str] = ()) -> App:
     """The API over the sqlite3 file `database`, for bearers of `token`, callable from the
     browser origins in `frontends`."""
-    def connect():
-        connection = sqlite3.connect(database)
-        connection.row_factory = sqlite3.Row
-        return contextlib.closing(connection)
-
-    with connect() as db, db:
+    connect = functools.partial(sqlite3.connect, database)
+    with contextlib.closing(connect()) as db, db:
         db.execute(SCHEMA)
 
-    app = App(middleware=[
-        # Outermost: preflights are answered before the token check, and the CORS headers
-        # reach every answer, a 401 or a 404 included.
-        CorsMiddleware(allow_origins=list(frontends),
-                       allow_headers=["Authorization", "Content-Type"],
-                       expose_headers=["Location"]),
-        bearer_token(token),
-    ])
-
-    def found(db, note_id):
-        row = db.execute("SELECT id, text, created FROM notes WHERE id = ?",
-                         (note_id,)).fetchone()
-        if row is None:
-            raise Http404(f"No note {note_id}")
-        return dict(row)
+    app = App(
+        # request.db: a connection from a per-thread pool, and each view one transaction,
+        # committed when it returns, rolled back when it raises (a 400 or 404 included).
+        database=connect, atomic_requests=True,
+        middleware=[
+            # Outermost: preflights are answered before the token check, and the CORS
+            # headers reach every answer, a 401 or a 404 included.
+            CorsMiddleware(allow_origins=list(frontends),
+                           allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["Location"]),
+            bearer_token(token),
+        ])
 
     @app.route("/notes", methods=["GET", "POST"], name="notes")
-    def notes(request):
-        with connect() as db, db:
-            if request.method == "GET":
-                rows = db.execute("SELECT id, text, created FROM notes ORDER BY id")
-                return {"notes": [dict(row) for row in rows]}
-            cursor = db.execute("INSERT INTO notes (text) VALUES (?)", (note_text(request),))
-            note = found(db, cursor.lastrowid)
+    def notes(request: Request) -> dict[str, Any] | HttpResponse:
+        db: sqlite3.Connection = request.db
+        if request.method == "GET":
+            rows = db.execute("SELECT id, text, created FROM notes ORDER BY id")
+            return {"notes": [dict(zip(COLUMNS, row, strict=True)) for row in rows]}
+        cursor = db.execute("INSERT INTO notes (text) VALUES (?)", (note_text(request),))
+        assert cursor.lastrowid is not None   # set by every INSERT into a rowid table
+        note = found(db, cursor.lastrowid)
         response = JsonResponse(note, status=201)
-        response["Location"] = request.app.reverse("note", id=note["id"])
+        response["Location"] = app.reverse("note", id=note["id"])
         return response
 
     @app.route("/notes/<int:id>", methods=["GET", "PUT", "DELETE"], name="note")
-    def note(request, id):
-        with connect() as db, db:
-            current = found(db, id)
-            if request.method == "GET":
-                return current
-            if request.method == "PUT":
-                db.execute("UPDATE notes SET text = ? WHERE id = ?", (note_text(request), id))
-                return found(db, id)
-            db.execute("DELETE FROM notes WHERE id = ?", (id,))
+    def note(request: Request, id: int) -> dict[str, Any] | HttpResponse:
+        db: sqlite3.Connection = request.db
+        current = found(db, id)
+        if request.method == "GET":
+            return current
+        if request.method == "PUT":
+            db.execute("UPDATE notes SET text = ? WHERE id = ?", (note_text(request), id))
+            return found(db, id)
+        db.execute("DELETE FROM notes WHERE id = ?", (id,))
         return HttpResponse(status=204)
 
     return app
