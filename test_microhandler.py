@@ -12,8 +12,8 @@ import codecs
 import contextlib
 import dataclasses
 import datetime as dt
-import functools
 import email.utils
+import functools
 import hashlib
 import hmac
 import html
@@ -9773,7 +9773,6 @@ def test_cli_uvicorn_with_a_wsgi_callable_is_one_clear_line(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 # ============================================================================ databases: atomic views (issue 13)
 
-import functools  # noqa: E402
 import sqlite3  # noqa: E402
 
 from microhandler import non_atomic_requests  # noqa: E402
@@ -12177,7 +12176,6 @@ import base64  # noqa: E402
 import collections  # noqa: E402
 import gzip as gzip_module  # noqa: E402
 import pickle  # noqa: E402
-import sqlite3  # noqa: E402
 import zlib  # noqa: E402
 
 from microhandler import (  # noqa: E402
@@ -13679,6 +13677,7 @@ def test_all_batteries_together_in_the_readme_order(tmp_path: Path) -> None:
 import textwrap  # noqa: E402 (this block's own imports)
 import urllib.parse  # noqa: E402
 
+
 def strict_probe(seen: list[dict[str, Any]]) -> Callable[..., Any]:
     """A bare WSGI app (the server serves any): records what reached it, answers it as JSON."""
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -14066,7 +14065,7 @@ def test_strict_server_max_connections_closes_idle_ones_for_a_new_client() -> No
             assert server_threads() - before <= 3
             # A fourth client is served: the oldest idle connection makes room.
             assert send_raw(running.port, b"GET /new HTTP/1.1\r\nHost: t\r\n\r\n").status == 200
-            import select   # noqa: PLC0415
+            import select  # noqa: PLC0415
             readable, _, _ = select.select(idle, [], [], 10)
             assert readable and all(sock.recv(1) == b"" for sock in readable)
             # Twenty silent clients never hold more than three threads.
@@ -14165,7 +14164,7 @@ def test_strict_server_expect_100_continue_and_file_wrapper(tmp_path: Path) -> N
 
 
 def test_strict_server_serves_an_app_and_never_loads_wsgiref(tmp_path: Path) -> None:
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import socket, sys, threading
         import microhandler
         app = microhandler.App()
