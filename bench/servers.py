@@ -172,7 +172,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         running = {kind: start(kind, args.app, Path(tmp)) for kind in kinds}
         try:
-            for kind, (_, port) in running.items():
+            for _, port in running.values():
                 measure(port, 0.5, args.clients)   # warm-up
             for _ in range(args.rounds):
                 for kind, (_, port) in running.items():
