@@ -986,7 +986,10 @@ class LimitedStream:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             # With a known length, one read usually brings it all.
-            parts = []
+            first = self.read(65536 if self._remaining is None else self._remaining)
+            if not first or self._remaining == 0:
+                return first
+            parts = [first]
             while chunk := self.read(65536 if self._remaining is None else self._remaining):
                 parts.append(chunk)
             return b"".join(parts)
@@ -1058,6 +1061,9 @@ _UTF_LABELS = frozenset({"utf-8", "utf8", "utf-16", "utf-16le", "utf-16be", "utf
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# First bytes of a JSON text that can only be UTF-8 (json.detect_encoding's answer): no BOM
+# (EF, FE, FF) and no zero byte, which UTF-16 and UTF-32 have in their first two bytes.
+_JSON_UTF8_STARTS = frozenset(bytes((byte,)) for byte in b"{[\"-0123456789tfn \t\r\n")
 
 
 def _holds_lone_surrogate(data: Any) -> bool:
@@ -1265,6 +1271,9 @@ class Request:
     @_lazy
     def stream(self) -> LimitedStream:
         """The body as a stream, bounded by Content-Length and by max_body_size."""
+        body = self.__dict__.get("body")
+        if body is not None:
+            return LimitedStream(io.BytesIO(body), len(body))
         max_size = self._max_body_size
         length = self.content_length
         if length is not None and length > max_size:
@@ -1282,8 +1291,9 @@ class Request:
     def body(self) -> bytes:
         """The whole body; afterwards `stream` reads it again, from memory."""
         self._refuse_if_streamed("request.body")
-        data = self.stream.read()
-        self.__dict__["stream"] = LimitedStream(io.BytesIO(data), len(data))
+        data: bytes = self.stream.read()
+        # `stream` reads it again from memory: built when asked for (see `stream`).
+        del self.__dict__["stream"]
         return data
 
     def _refuse_if_streamed(self, what: str) -> None:
@@ -1304,7 +1314,8 @@ class Request:
     @_lazy
     def json(self) -> Any:
         """The body decoded as JSON (RFC 8259); a wrong content type or bad JSON is a 400."""
-        content_type = self.content_type
+        plain = self.environ.get("CONTENT_TYPE") == "application/json"  # PERF: no parse
+        content_type = "application/json" if plain else self.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise BadRequest("Expected a JSON body (Content-Type: application/json)")
         import json
@@ -1312,8 +1323,10 @@ class Request:
         body = self.body
         # RFC 8259: UTF-8, or UTF-16/32 told by the first bytes. Decoded strictly here:
         # json.loads(bytes) would accept encoded lone surrogates.
-        charset = self.content_params.get("charset")
-        if charset is None or charset.lower() in _UTF_LABELS:
+        charset = None if plain else self.content_params.get("charset")
+        if charset is None and body[:1] in _JSON_UTF8_STARTS and body[1:2] != b"\0":
+            charset = "utf-8"  # PERF: no BOM and no zero byte: what detect_encoding says
+        elif charset is None or charset.lower() in _UTF_LABELS:
             # A UTF label says nothing of byte order or BOM: the first bytes do.
             charset = json.detect_encoding(body)
         elif not _is_form_charset(charset):  # punycode and idna decode in quadratic time
@@ -1333,7 +1346,7 @@ class Request:
         except RecursionError:
             raise BadRequest("Invalid JSON body: nested too deeply") from None
         # A "\ud800" escape decodes to a lone surrogate, which no response can carry.
-        if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(data):
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(data):
             raise BadRequest("Invalid JSON body: a lone surrogate is not text")
         return data
 
@@ -1497,6 +1510,7 @@ def _unsign_cookie(secret: bytes, name: str, signed: str, max_age: float | None)
 
 
 _DEFAULT_CONTENT_TYPE = ("Content-Type", "text/html; charset=utf-8")
+_JSON_CONTENT_TYPE = ("Content-Type", "application/json")
 _CHARSET_PARAM = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
 
 
@@ -1516,6 +1530,7 @@ class HttpResponse:
     is_rendered = True
     # PERF: defaults live on the class; an instance sets only what differs.
     _reason_phrase: str | None = None
+    _charset: str | None = None
     _closed = False
     _logged = False  # set on a response whose error was logged already
     _resource_closers: Sequence[Callable[[], Any]] = ()
@@ -1803,16 +1818,22 @@ class JsonResponse(HttpResponse):
                  encoder: type[json.JSONEncoder] | None = None,
                  json_dumps_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
         import json
-        kwargs.setdefault("content_type", "application/json")
         if encoder is None and not json_dumps_params:
             text = _compact_json_encoder().encode(data)
             try:
                 body = text.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate (from a client's JSON): escape it
                 body = json.dumps(data, separators=(",", ":")).encode("ascii")
+            if not kwargs:
+                # PERF: what views return most: a constant header, no validation to redo.
+                self.status_code = status
+                self._headers = {"content-type": _JSON_CONTENT_TYPE}
+                self._content = body
+                return
         else:
             body = json.dumps(data, cls=encoder, ensure_ascii=False, separators=(",", ":"),
                               **(json_dumps_params or {})).encode("utf-8")
+        kwargs.setdefault("content_type", "application/json")
         super().__init__(body, status, **kwargs)
 
     def json(self) -> Any:

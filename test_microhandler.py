@@ -14776,3 +14776,11 @@ def test_request_db_under_asgi_goes_back_after_each_view(tmp_path: Path) -> None
     assert statuses == [200, 500] * 3
     with contextlib.closing(sqlite3.connect(path)) as reader:
         assert [n for (n,) in reader.execute("SELECT n FROM rows ORDER BY n")] == [0, 2, 4]
+
+
+@given(st.binary(max_size=8))
+def test_the_json_utf8_shortcut_agrees_with_detect_encoding(data: bytes) -> None:
+    """Request.json skips json.detect_encoding for bodies whose first bytes can only be
+    UTF-8: the shortcut must never disagree with it."""
+    if data[:1] in mh._JSON_UTF8_STARTS and data[1:2] != b"\0":
+        assert json.detect_encoding(data) == "utf-8"
