@@ -4368,6 +4368,8 @@ class App:
             response = chain(request)
         else:
             response = self._check_host(request) or chain(request)
+        if response.render is None and response.status_code < 400 and not request._files_to_close:
+            return response  # PERF: nothing to render, release or log
         return self._finish_response(request, response)
 
     async def get_response_async(self, request: Request) -> HttpResponse:
@@ -4393,7 +4395,10 @@ class App:
     def _finish_response(self, request: Request, response: HttpResponse) -> HttpResponse:
         if response.render is not None and not response.is_rendered:
             # A TemplateResponse that a middleware returned goes out rendered too.
-            response = self._drive(self._render_journey(request, response))
+            try:
+                response = response.render()
+            except Exception as exc:
+                response = self.response_for_exception(request, exc)
         if request._files_to_close:
             response.add_closer(request.close)
         if response.status_code >= 400 and not response._logged:
@@ -4409,6 +4414,8 @@ class App:
             if self.atomic_requests:
                 callback = self.make_view_atomic(callback)
             value = callback(request, *args, **kwargs)
+            if type(value) is str:  # PERF: what most views return, without make_response
+                return HttpResponse(value)
             if hasattr(value, "__await__"):
                 value = _await_from_sync(value)
             response = self.make_response(value, callback)
@@ -4936,7 +4943,8 @@ class ASGIHandler:
         """Receive the body, run the journey while listening for a disconnect, send the
         response; request_finished is sent once whatever happens."""
         app = self.app
-        await self._start_serving()
+        if app._chains[True] is None or _event_loop.get() is None:
+            await self._start_serving()
         environ = _environ_from_scope(scope)
         if request_started.receivers:
             request_started.send_robust(sender=type(app), environ=environ)
@@ -4965,15 +4973,26 @@ class ASGIHandler:
                     request_finished.send_robust(sender=type(app))
 
     async def read_body(self, receive: _Receive, request: Request) -> bool:
-        """Receive the body into a spooled file, refusing it (413) as soon as it is over
-        max_body_size; False when the client disconnected first."""
+        """Receive the body, refusing it (413) as soon as it is over max_body_size; False
+        when the client disconnected first. One message is kept as it is; more are spooled
+        to a file (to disk past 1 MiB)."""
         limit = self.app.max_body_size
         declared = request.environ.get("CONTENT_LENGTH", "")
         if declared.isdigit() and int(declared) > limit:
             raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
-        body = _spooled_file()
-        size = 0
-        while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        chunk = message.get("body", b"")
+        if len(chunk) > limit:
+            raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
+        if not message.get("more_body", False):  # PERF: the whole body in one message
+            request.environ["wsgi.input"] = io.BytesIO(chunk)
+            request.environ["CONTENT_LENGTH"] = str(len(chunk))
+            return True
+        body, size = _spooled_file(), len(chunk)
+        body.write(chunk)
+        while message.get("more_body", False):
             message = await receive()
             if message["type"] == "http.disconnect":
                 return False
@@ -4982,8 +5001,6 @@ class ASGIHandler:
             if size > limit:
                 raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
             body.write(chunk)
-            if not message.get("more_body", False):
-                break
         body.seek(0)
         request.environ.update({"wsgi.input": body, "CONTENT_LENGTH": str(size)})
         if size > _UPLOAD_MEMORY_SIZE:  # on disk: closed with the response, as uploads are
@@ -4995,30 +5012,21 @@ class ASGIHandler:
         """The response, or None when the client disconnected first: then the view is
         cancelled (Django's listen_for_disconnect)."""
         import asyncio
-        view = asyncio.ensure_future(self.app.get_response_async(request))
-        listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        watch = _DisconnectWatch(receive)
         try:
-            await asyncio.wait((view, listener), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            listener.cancel()
-            if not view.done():
-                view.cancel()
-        try:
-            return await view
+            response = await self.app.get_response_async(request)
         except asyncio.CancelledError:
-            if listener.cancelled():
+            if not watch.gone:
                 raise  # the server cancelled us, not the client
-            return None
-
-    async def listen_for_disconnect(self, receive: _Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        finally:
+            await watch.stop()
+        return None if watch.gone else response
 
     async def send_response(self, request: Request, response: HttpResponse,
                             send: _Send, receive: _Receive | None = None) -> None:
         headers, has_body = _response_headers(response, request.method)
         await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                    "headers": [(_asgi_header_name(name), value.encode("latin-1"))
                                 for name, value in headers]})
         if has_body and response.streaming:
             await self.send_stream(response, send, receive)
@@ -5031,41 +5039,28 @@ class ASGIHandler:
         """Each chunk is sent when it is produced (server-sent events); a sync iterator,
         a file's blocks among them, is advanced in the thread pool. With `receive`, a
         client that leaves stops the stream (servers drop what is sent after a disconnect,
-        so an endless event stream would run forever): an async iterator is cancelled where
-        it waits, a sync one is not advanced again; the response's close() closes either."""
+        so an endless event stream would run forever): it is cancelled where it waits and
+        not advanced again; the response's close() closes it."""
         import asyncio
-        gone: list[bool] = []
-        if receive is None:
-            return await self._send_chunks(response, send, gone)
-        sender = asyncio.ensure_future(self._send_chunks(response, send, gone))
-        listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        watch = _DisconnectWatch(receive) if receive is not None else None
         try:
-            await asyncio.wait((sender, listener), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            sender.cancel()  # the server cancelled us: the stream goes too
-            raise
-        finally:
-            listener.cancel()
-        if not sender.done():  # the client left first
-            gone.append(True)
             if response.is_async:
-                sender.cancel()
-        try:
-            await sender
+                async for chunk in response.streaming_content:  # type: ignore[attr-defined]
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+            else:
+                chunks = iter(response.streaming_content)  # type: ignore[attr-defined]
+                while (chunk := await _next_in_thread(chunks)) is not None:
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+            if watch is None or not watch.gone:
+                await send({"type": "http.response.body", "body": b""})
         except asyncio.CancelledError:
-            if not gone:
+            if watch is None or not watch.gone:
                 raise  # the server cancelled us, not the client
-
-    async def _send_chunks(self, response: HttpResponse, send: _Send, gone: list[bool]) -> None:
-        if response.is_async:
-            async for chunk in response.streaming_content:  # type: ignore[attr-defined]
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        else:
-            chunks = iter(response.streaming_content)  # type: ignore[attr-defined]
-            while not gone and (chunk := await _to_thread(next, chunks, None)) is not None:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if not gone:
-            await send({"type": "http.response.body", "body": b""})
+        finally:
+            if watch is not None:
+                await watch.stop()
 
     # -- lifespan
     async def _start_serving(self) -> None:
@@ -5128,6 +5123,67 @@ class ASGIHandler:
                 await socket.close()
 
 
+async def _next_in_thread(chunks: Iterator[bytes]) -> bytes | None:
+    """The next chunk of a sync iterator, made in the thread pool. Cancelled, it still
+    waits for the chunk being made, so that close() then finds the generator idle."""
+    import asyncio
+    import contextvars
+    context = contextvars.copy_context()
+    making = asyncio.get_running_loop().run_in_executor(
+        None, lambda: context.run(next, chunks, None))
+    try:
+        return await asyncio.shield(making)
+    except asyncio.CancelledError:
+        await asyncio.wait((making,))
+        raise
+
+
+class _DisconnectWatch:
+    """Cancels the task that made it when the client disconnects: Django's
+    listen_for_disconnect with one extra task, not two. A view that does not wait on
+    anything finishes before the listener has even started."""
+
+    def __init__(self, receive: _Receive) -> None:
+        import asyncio
+        self.gone = False
+        self._task = asyncio.current_task()
+        self._listener = asyncio.get_running_loop().create_task(self._listen(receive))
+
+    async def _listen(self, receive: _Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def stop(self) -> None:
+        """Stop listening; a cancellation meant for the client's leaving is taken back, so
+        it cannot reach the code after the view."""
+        import asyncio
+        self._listener.cancel()
+        if self.gone:
+            try:  # the cancel() may still be pending if the view finished meanwhile
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                pass
+            uncancel = getattr(self._task, "uncancel", None)  # Python 3.11+
+            while uncancel is not None and uncancel() > 0:
+                pass
+
+
+_ASGI_HEADER_NAMES: dict[str, bytes] = {}
+
+
+def _asgi_header_name(name: str) -> bytes:
+    """A response header's name as ASGI wants it: lowercase bytes (memoised: names repeat)."""
+    encoded = _ASGI_HEADER_NAMES.get(name)
+    if encoded is None:
+        encoded = name.lower().encode("latin-1")
+        if len(_ASGI_HEADER_NAMES) < 512:
+            _ASGI_HEADER_NAMES[name] = encoded
+    return encoded
+
+
 def _call_each(functions: Iterable[Callable[[], Any]]) -> _Journey:
     """A journey that calls each function in turn (on_startup, on_shutdown)."""
     for function in functions:
@@ -5159,16 +5215,30 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
     if scope.get(_DONT_ENFORCE_CSRF):  # the test client's, as under WSGI
         environ[_DONT_ENFORCE_CSRF] = True
     for raw_name, raw_value in scope.get("headers", ()):
-        if b"_" in raw_name:  # as the built-in server: X-User_Id cannot pose as X-User-Id
+        key = _ENVIRON_KEYS.get(raw_name) or _environ_key(raw_name)
+        if not key:  # as the built-in server: X-User_Id cannot pose as X-User-Id
             continue
-        key = raw_name.decode("latin-1").upper().replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
         value = raw_value.decode("latin-1")
         if key in environ:
             value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
         environ[key] = value
     return environ
+
+
+# Header names as environ keys (b"user-agent" -> "HTTP_USER_AGENT"), memoised: the same
+# few names come with every request.
+_ENVIRON_KEYS: dict[bytes, str] = {}
+
+
+def _environ_key(raw_name: bytes) -> str:
+    key = ""
+    if b"_" not in raw_name:
+        key = raw_name.decode("latin-1").upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+    if len(_ENVIRON_KEYS) < 512:
+        _ENVIRON_KEYS[raw_name] = key
+    return key
 
 
 # ---------------------------------------------------------------- batteries
