@@ -1846,8 +1846,13 @@ class StreamingHttpResponse(HttpResponse):
             self.add_closer(value.close)
 
     async def _async_chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._iterable:  # type: ignore[attr-defined]
-            yield self._to_bytes(chunk)
+        try:
+            async for chunk in self._iterable:  # type: ignore[attr-defined]
+                yield self._to_bytes(chunk)
+        finally:  # `async for` leaves an iterator it did not finish open: close it here
+            aclose = getattr(self._iterable, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     @property
     def content(self) -> bytes:
@@ -1865,19 +1870,26 @@ class StreamingHttpResponse(HttpResponse):
 
     def __iter__(self) -> Iterator[bytes]:
         if self.is_async:  # under WSGI: each chunk awaited on the worker thread's loop
-            return _chunks_from_async(self._async_chunks())
+            chunks = _chunks_from_async(self._async_chunks())
+            self.add_closer(chunks.close)  # a server that stops early closes the response
+            return chunks
         return self.streaming_content
 
     def getvalue(self) -> bytes:
         return b"".join(self.streaming_content)
 
 
-def _chunks_from_async(chunks: AsyncIterator[bytes]) -> Iterator[bytes]:
-    while True:
-        try:
-            yield _await_from_sync(anext(chunks))
-        except StopAsyncIteration:
-            return
+def _chunks_from_async(chunks: AsyncIterator[bytes]) -> Generator[bytes, None, None]:
+    try:
+        while True:
+            try:
+                yield _await_from_sync(anext(chunks))
+            except StopAsyncIteration:
+                return
+    finally:  # closed early (the client left): the async generator's finally runs now
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            _await_from_sync(aclose())
 
 
 class FileResponse(StreamingHttpResponse):
