@@ -15036,9 +15036,47 @@ def test_review_a_raised_5xx_http_error_is_logged_as_a_returned_one_is(caplog: A
 
 # -- HTTP under ASGI: what the server is sent
 
-def test_review_asgi_never_raises_for_any_outcome_of_any_async_layer() -> None:
-    """As test_any_return_value_or_exception_from_any_layer_still_answers, through
-    app.asgi with async layers: a response is always sent, and finished once."""
+def _review_layer(layer: str, act: Callable[[], Any], async_layer: bool) -> type:
+    """A middleware whose __call__ or hook (named by `layer`) does `act`; sync or async."""
+    if not async_layer:
+        class SyncLayer:
+            def __init__(self, get_response):
+                self.get_response = get_response
+
+            def __call__(self, request):
+                return act() if layer == "call" else self.get_response(request)
+
+            def process_view(self, request, view, args, kwargs):
+                return act() if layer == "view_hook" else None
+
+            def process_exception(self, request, exc):
+                return act() if layer == "exception_hook" else None
+        return SyncLayer
+
+    class AsyncLayer:
+        sync_capable, async_capable = False, True
+
+        def __init__(self, get_response):
+            self.get_response = get_response
+            mh.markcoroutinefunction(self)
+
+        async def __call__(self, request):
+            return act() if layer == "call" else await self.get_response(request)
+
+        async def process_view(self, request, view, args, kwargs):
+            return act() if layer == "view_hook" else None
+
+        async def process_exception(self, request, exc):
+            return act() if layer == "exception_hook" else None
+    return AsyncLayer
+
+
+@pytest.mark.parametrize("asgi", [False, True], ids=["wsgi", "asgi"])
+@pytest.mark.parametrize("async_code", [False, True], ids=["sync-code", "async-code"])
+def test_review_any_outcome_of_any_layer_in_either_mode_still_answers(
+        asgi: bool, async_code: bool) -> None:
+    """As test_any_return_value_or_exception_from_any_layer_still_answers, for every mix
+    of interface and layer mode: the server always gets a response, finished once."""
     outcomes: list[Any] = [None, 7, "", ("x", 299), {"a": 1}, ValueError, Http404, KeyError]
     for layer in ("call", "view_hook", "exception_hook", "view", "handler"):
         for outcome in outcomes:
@@ -15046,30 +15084,15 @@ def test_review_asgi_never_raises_for_any_outcome_of_any_async_layer() -> None:
                 if isinstance(outcome, type):
                     raise outcome()
                 return outcome
+            app = App(middleware=[_review_layer(layer, act, async_code)])
 
-            class Layer:
-                sync_capable, async_capable = False, True
-
-                def __init__(self, get_response, layer=layer, act=act):
-                    self.get_response, self.layer, self.act = get_response, layer, act
-                    mh.markcoroutinefunction(self)
-
-                async def __call__(self, request):
-                    return self.act() if self.layer == "call" else await self.get_response(
-                        request)
-
-                async def process_view(self, request, view, args, kwargs):
-                    return self.act() if self.layer == "view_hook" else None
-
-                async def process_exception(self, request, exc):
-                    return self.act() if self.layer == "exception_hook" else None
-            app = App(middleware=[Layer])
-
-            async def handler(request, exc, layer=layer, act=act):
+            def handler(request, exc, layer=layer, act=act):
                 return act() if layer == "handler" else "handled"
 
-            async def view(request, layer=layer, act=act):
+            def view(request, layer=layer, act=act):
                 return act() if layer in ("view", "handler") else "ok"
+            if async_code:
+                handler, view = _review_async_of(handler), _review_async_of(view)
             app.error_handler(Exception)(handler)
             app.add_route("/", view)
             finished: list[Any] = []
@@ -15078,10 +15101,19 @@ def test_review_asgi_never_raises_for_any_outcome_of_any_async_layer() -> None:
                 finished.append(sender)
             request_finished.connect(on_finished)
             try:
-                status = _started(_asgi_answer(app, _review_scope()))[0]
+                if asgi:
+                    status = _started(_asgi_answer(app, _review_scope()))[0]
+                else:
+                    status = int(_wsgi_never_raises(app)[0][:3])
             finally:
                 request_finished.disconnect(on_finished)
             assert 200 <= status < 600 and len(finished) == 1, (layer, outcome)
+
+
+def _review_async_of(function: Callable[..., Any]) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+    return wrapper
 
 
 def test_review_asgi_response_headers_are_lowercase_bytes_one_cookie_each() -> None:
@@ -15725,6 +15757,61 @@ def test_review_websocket_request_has_cookies_headers_and_script_name() -> None:
     with client.websocket("/who", headers={"User-Agent": "tester"}) as ws:
         assert ws.receive_json() == {"cookies": {"sessionid": "abc"}, "url": "/mount/who",
                                      "secure": False, "agent": "tester"}
+
+
+def _ws_answer(app: App, scope: dict[str, Any], incoming: list[dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """What app.asgi sends on a WebSocket scope, given the client's messages in order."""
+    import asyncio
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.sleep(30)
+        return {"type": "websocket.disconnect", "code": 1006}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+    asyncio.run(asyncio.wait_for(app.asgi(scope, receive, send), 20))
+    return sent
+
+
+def test_review_websocket_raw_messages_as_the_asgi_spec_has_them(caplog: Any) -> None:
+    after: list[str] = []
+    app = App()
+
+    @app.websocket("/info")
+    async def info(ws):
+        await ws.accept("v2")
+        await ws.send_json({"secure": ws.request.is_secure, "path": ws.request.path,
+                            "script_name": ws.request.script_name})
+        await ws.close(4001, "done")
+
+    @app.websocket("/late-failure")
+    async def late_failure(ws):
+        await ws.accept()
+        try:
+            await ws.receive()
+        except mh.WebSocketDisconnect as exc:
+            after.append(f"left with {exc.code}")
+        raise ValueError("after the client left")
+    scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "wss",
+             "path": "/mnt/info", "root_path": "/mnt", "query_string": b"",
+             "headers": [(b"host", b"testserver")], "subprotocols": ["v2"]}
+    sent = _ws_answer(app, scope, [{"type": "websocket.connect"}])
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send",
+                                         "websocket.close"]
+    assert sent[0]["subprotocol"] == "v2" and (sent[2]["code"], sent[2]["reason"]) == (
+        4001, "done")
+    assert json.loads(sent[1]["text"]) == {"secure": True, "path": "/mnt/info",
+                                           "script_name": "/mnt"}
+    refused = _ws_answer(app, {**scope, "path": "/mnt/none"}, [{"type": "websocket.connect"}])
+    assert [m["type"] for m in refused] == ["websocket.close"]  # before accept: HTTP 403
+    sent = _ws_answer(app, {**scope, "path": "/mnt/late-failure"}, [
+        {"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1001}])
+    assert [m["type"] for m in sent] == ["websocket.accept"]  # nothing after it left
+    assert after == ["left with 1001"] and "after the client left" in caplog.text
 
 
 # -- the test client under ASGI behaves as under WSGI
