@@ -14900,6 +14900,40 @@ def test_review_hooks_returning_awaitables_from_sync_methods() -> None:
         assert Client(app, asgi=asgi).get("/").text == "from an awaitable"
 
 
+def _python_312_or_later() -> str | None:
+    """An interpreter with inspect.markcoroutinefunction (3.12+): this one, or one on PATH."""
+    import shutil
+    if sys.version_info >= (3, 12):
+        return sys.executable
+    # On PATH, or installed beside this one (pyenv, uv: <root>/<version>/bin/python).
+    candidates = [shutil.which(name) for name in ("python3.12", "python3.13", "python3.14")]
+    candidates += sorted(str(p) for p in Path(sys.base_prefix).parent.glob("3.1*/bin/python"))
+    return next((found for found in candidates if found and subprocess.run(
+        [found, "-c", "import inspect; inspect.markcoroutinefunction"],
+        capture_output=True, timeout=60).returncode == 0), None)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: _COROUTINE_MARK is read from inspect when "
+                   "microhandler is imported; when inspect was not imported yet (python -I, "
+                   "a small app), it is a private object, so a function marked by "
+                   "inspect.markcoroutinefunction (or asgiref's, which uses it on 3.12+) is "
+                   "not async for _is_async, and ours is not for inspect.iscoroutinefunction")
+def test_review_coroutine_marks_are_shared_with_inspect_whatever_the_import_order() -> None:
+    python = _python_312_or_later()
+    if python is None:
+        pytest.skip("needs Python 3.12+ (inspect.markcoroutinefunction)")
+    code = ("import sys; sys.path.insert(0, %r); import microhandler as mh; import inspect\n"
+            "async def answer(request): return 'ok'\n"
+            "def theirs(request): return answer(request)\n"
+            "def ours(request): return answer(request)\n"
+            "inspect.markcoroutinefunction(theirs); mh.markcoroutinefunction(ours)\n"
+            "print(mh._is_async(theirs), inspect.iscoroutinefunction(ours))"
+            % str(Path(mh.__file__).parent))
+    done = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["True", "True"], done.stderr
+
+
 # -- errors and templates in async code
 
 def test_review_async_error_handlers_answer_under_both_interfaces(tmp_path: Path,
