@@ -3749,6 +3749,11 @@ class View:
         view.view_class = cls  # type: ignore[attr-defined]
         view.__name__ = view.__qualname__ = cls.__name__
         view.__doc__ = cls.__doc__
+        # As Django's view_is_async: a view whose handlers are all `async def` is async, so
+        # under ASGI it runs on the event loop and what it returns is awaited.
+        handlers = [getattr(cls, name) for name in cls.http_method_names if hasattr(cls, name)]
+        if handlers and all(_is_async(handler) for handler in handlers):
+            markcoroutinefunction(view)
         return view
 
     def dispatch(self, request: Request, *args: Any, **kwargs: Any) -> Any:

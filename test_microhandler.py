@@ -15068,6 +15068,27 @@ def test_review_a_raised_5xx_http_error_is_logged_as_a_returned_one_is(caplog: A
         assert "503 Service Unavailable: GET /maintenance" in caplog.text
 
 
+def test_review_class_based_views_with_async_handlers_under_both_interfaces(
+        client_interface: str) -> None:
+    import asyncio
+
+    class Items(View):
+        async def get(self, request, n):
+            await asyncio.sleep(0)
+            return {"n": n, "method": request.method}
+
+        async def post(self, request, n):
+            return {"posted": request.POST["name"]}, 201
+    app = App()
+    app.add_route("/items/<int:n>", Items.as_view())
+    client = Client(app)
+    assert client.get("/items/3").json() == {"n": 3, "method": "GET"}
+    created = client.post("/items/3", data={"name": "ann"})
+    assert created.status_code == 201 and created.json() == {"posted": "ann"}
+    assert client.head("/items/3").content == b"" and client.delete("/items/3").status_code == 405
+    assert mh._is_async(Items.as_view()) and not mh._is_async(View.as_view())
+
+
 # -- HTTP under ASGI: what the server is sent
 
 def _review_layer(layer: str, act: Callable[[], Any], async_layer: bool) -> type:
