@@ -1867,8 +1867,13 @@ class StreamingHttpResponse(HttpResponse):
             self.add_closer(value.close)
 
     async def _async_chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._iterable:  # type: ignore[attr-defined]
-            yield self._to_bytes(chunk)
+        try:
+            async for chunk in self._iterable:  # type: ignore[attr-defined]
+                yield self._to_bytes(chunk)
+        finally:  # `async for` leaves an iterator it did not finish open: close it here
+            aclose = getattr(self._iterable, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     @property
     def content(self) -> bytes:
@@ -1886,19 +1891,26 @@ class StreamingHttpResponse(HttpResponse):
 
     def __iter__(self) -> Iterator[bytes]:
         if self.is_async:  # under WSGI: each chunk awaited on the worker thread's loop
-            return _chunks_from_async(self._async_chunks())
+            chunks = _chunks_from_async(self._async_chunks())
+            self.add_closer(chunks.close)  # a server that stops early closes the response
+            return chunks
         return self.streaming_content
 
     def getvalue(self) -> bytes:
         return b"".join(self.streaming_content)
 
 
-def _chunks_from_async(chunks: AsyncIterator[bytes]) -> Iterator[bytes]:
-    while True:
-        try:
-            yield _await_from_sync(anext(chunks))
-        except StopAsyncIteration:
-            return
+def _chunks_from_async(chunks: AsyncIterator[bytes]) -> Generator[bytes, None, None]:
+    try:
+        while True:
+            try:
+                yield _await_from_sync(anext(chunks))
+            except StopAsyncIteration:
+                return
+    finally:  # closed early (the client left): the async generator's finally runs now
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            _await_from_sync(aclose())
 
 
 class FileResponse(StreamingHttpResponse):
@@ -3758,6 +3770,11 @@ class View:
         view.view_class = cls  # type: ignore[attr-defined]
         view.__name__ = view.__qualname__ = cls.__name__
         view.__doc__ = cls.__doc__
+        # As Django's view_is_async: a view whose handlers are all `async def` is async, so
+        # under ASGI it runs on the event loop and what it returns is awaited.
+        handlers = [getattr(cls, name) for name in cls.http_method_names if hasattr(cls, name)]
+        if handlers and all(_is_async(handler) for handler in handlers):
+            markcoroutinefunction(view)
         return view
 
     def dispatch(self, request: Request, *args: Any, **kwargs: Any) -> Any:
@@ -4987,8 +5004,11 @@ class ASGIHandler:
         if len(chunk) > limit:
             raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
         if not message.get("more_body", False):  # PERF: the whole body in one message
-            request.environ["wsgi.input"] = io.BytesIO(chunk)
+            body: IO[bytes] = io.BytesIO(chunk)
+            request.environ["wsgi.input"] = body
             request.environ["CONTENT_LENGTH"] = str(len(chunk))
+            if len(chunk) > _UPLOAD_MEMORY_SIZE:  # freed when the response closes
+                request._files_to_close = [*request._files_to_close, body]
             return True
         body, size = _spooled_file(), len(chunk)
         body.write(chunk)
