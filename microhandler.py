@@ -4381,10 +4381,9 @@ class App:
     def get_response(self, request: Request) -> HttpResponse:
         """Run the request through the middleware onion; always returns a response."""
         chain = self._middleware_chain or self.load_middleware()
-        if self.allowed_hosts is None:
-            response = chain(request)
-        else:
-            response = self._check_host(request) or chain(request)
+        refused = None if self.allowed_hosts is None else self._host_refused(request)
+        response = chain(request) if refused is None else self.response_for_exception(
+            request, refused)
         if response.render is None and response.status_code < 400 and not request._files_to_close:
             return response  # PERF: nothing to render, release or log
         return self._finish_response(request, response)
@@ -4392,21 +4391,23 @@ class App:
     async def get_response_async(self, request: Request) -> HttpResponse:
         """The same journey under ASGI: the async chain, awaited."""
         chain = self._chains[True] or self.load_middleware(is_async=True)
-        response: HttpResponse = self._check_host(request) or await chain(request)
+        refused = self._host_refused(request)
+        response: HttpResponse = await (chain(request) if refused is None else self._drive_async(
+            self._exception_journey(request, refused)))
         if response.render is not None and not response.is_rendered:
             response = await _to_thread(self._finish_response, request, response)
             return response
         return self._finish_response(request, response)
 
-    def _check_host(self, request: Request) -> HttpResponse | None:
-        """With allowed_hosts, a request for another host is answered outside the onion:
-        no middleware may answer it."""
+    def _host_refused(self, request: Request) -> BadRequest | None:
+        """With allowed_hosts, a request for another host is answered outside the onion
+        (no middleware may answer it): the error to answer with, or None."""
         if self.allowed_hosts is None:
             return None
         try:
             request.host  # noqa: B018 (checks it against allowed_hosts)
         except BadRequest as exc:
-            return self.response_for_exception(request, exc)
+            return exc
         return None
 
     def _finish_response(self, request: Request, response: HttpResponse) -> HttpResponse:
@@ -4591,6 +4592,8 @@ class App:
                 try:
                     if offload and not _is_async(function):
                         result = await _to_thread(_call_in_worker, function, args, kwargs)
+                        if hasattr(result, "__await__"):  # a sync wrapper of an async view
+                            result = await result
                     else:
                         result = function(*args, **kwargs)
                         if hasattr(result, "__await__"):
@@ -4635,10 +4638,9 @@ class App:
         return response
 
     def _exception_journey(self, request: Request, exc: Exception) -> _Journey:
-        if isinstance(exc, HttpError):
-            status = exc.status
-        else:
-            status = 500
+        status = exc.status if isinstance(exc, HttpError) else 500
+        reported = not isinstance(exc, HttpError)
+        if reported:
             self._report_exception(request, exc)
         handler = self.error_handler_for(exc)
         response = None
@@ -4650,14 +4652,14 @@ class App:
             except Exception as handler_exc:
                 # As in Django: a failing error handler is a server error of its own.
                 response = yield from self._handler_failed(request, handler, handler_exc)
-                status = 500
+                status, reported = 500, True
         if not isinstance(response, HttpResponse):
             response = self._default_error_response(request, exc, status)
         if isinstance(exc, MethodNotAllowed) and "allow" not in response._headers:
             response["Allow"] = ", ".join(m for m in exc.allowed if m != _WEBSOCKET)
         elif status == 426 and "upgrade" not in response._headers:
             response["Upgrade"] = "websocket"
-        if status >= 500:
+        if reported:  # logged with its traceback: the access-log line would repeat it
             response._logged = True
         return response
 
@@ -4995,7 +4997,7 @@ class ASGIHandler:
         to a file (to disk past 1 MiB)."""
         limit = self.app.max_body_size
         declared = request.environ.get("CONTENT_LENGTH", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -5123,7 +5125,7 @@ class ASGIHandler:
         request = app.request_class(_environ_from_scope(scope), app)
         socket = WebSocket(request, receive, send)
         try:
-            if app._check_host(request) is not None:
+            if app._host_refused(request) is not None:
                 raise PermissionDenied()
             handler, args, kwargs = app.resolve_websocket(request)
         except HttpError:
@@ -5139,6 +5141,7 @@ class ASGIHandler:
             await socket.close(1011)
         finally:
             _current_request.reset(token)
+            request.close()
             if socket.state != "closed":
                 await socket.close()
 
@@ -5216,7 +5219,7 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
     raw_path = scope.get("raw_path")
     path = (unquote_to_bytes(raw_path.partition(b"?")[0]) if raw_path
             else scope["path"].encode("utf-8")).decode("latin-1")
-    script_name = scope.get("root_path", "").encode("utf-8").decode("latin-1")
+    script_name = scope.get("root_path", "").rstrip("/").encode("utf-8").decode("latin-1")
     if script_name and path.startswith(script_name):
         path = path[len(script_name):]
     server = scope.get("server") or ("localhost", 80)
@@ -6390,6 +6393,8 @@ class Client:
             sent.append(message)
 
         asyncio.run(_asgi_of(self.app)(scope, receive, send))
+        if not sent or sent[0].get("type") != "http.response.start":
+            raise RuntimeError(f"{_name_of(self.app)} sent no http.response.start")
         start = sent[0]
         status = start["status"]
         headers = [(name.decode("latin-1"), value.decode("latin-1"))
@@ -6446,7 +6451,8 @@ def _scope_from_environ(environ: dict[str, Any], kind: str = "http") -> dict[str
         "scheme": scheme if kind == "http" else {"http": "ws", "https": "wss"}[scheme],
         "path": full_path.encode("latin-1").decode("utf-8", "replace"),
         "raw_path": quote(full_path.encode("latin-1"), safe="/").encode("ascii"),
-        "root_path": environ["SCRIPT_NAME"], "headers": headers,
+        "root_path": environ["SCRIPT_NAME"].encode("latin-1").decode("utf-8", "replace"),
+        "headers": headers,
         "query_string": environ["QUERY_STRING"].encode("latin-1"),
         "client": (environ["REMOTE_ADDR"], 50000),
         "server": (environ["SERVER_NAME"], int(environ["SERVER_PORT"])),

@@ -14985,10 +14985,6 @@ def test_review_middleware_not_used_between_layers_of_other_modes(asgi: bool) ->
     assert order == ["sync", "async", "view"] * 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: App._drive_async does not await what an "
-                   "offloaded sync function returns: a hook written as a plain method that "
-                   "returns a coroutine is awaited under WSGI (App._drive) but is a 500 "
-                   "('returned a coroutine') under ASGI")
 def test_review_hooks_returning_awaitables_from_sync_methods() -> None:
     """A hook written as a plain method that returns a coroutine (a decorated async hook)
     is awaited, under either interface."""
@@ -15081,10 +15077,6 @@ def test_review_async_error_handlers_answer_under_both_interfaces(tmp_path: Path
     assert plain.status_code == 500 and plain.text == "500 Internal Server Error\n"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: under ASGI a Host outside allowed_hosts is "
-                   "answered by App._check_host -> response_for_exception -> _drive on the "
-                   "event loop's thread, so an async 400 handler cannot be awaited there "
-                   "(RuntimeError): the client gets a 500 instead of the handler's 400")
 def test_review_async_400_handler_answers_a_bad_host_under_asgi() -> None:
     app = App(allowed_hosts=["testserver"])
     app.add_route("/", lambda request: "ok")
@@ -15137,10 +15129,6 @@ def test_review_a_middleware_template_response_that_fails_to_render_is_a_500() -
     assert _started(_asgi_answer(app, _review_scope()))[0] == 500
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a sync callable that returns a coroutine (an "
-                   "async view behind a plain decorator) is awaited by App._drive under WSGI "
-                   "but not by App._drive_async under ASGI: the same app answers 200 under "
-                   "WSGI and 500 ('returned a coroutine') under ASGI")
 def test_review_a_decorated_async_view_answers_the_same_under_both_interfaces() -> None:
     def logged(view):
         @functools.wraps(view)
@@ -15157,10 +15145,6 @@ def test_review_a_decorated_async_view_answers_the_same_under_both_interfaces() 
         assert Client(app, asgi=asgi, raise_server_exceptions=False).get("/").text == "home"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: App._exception_journey marks every response "
-                   "with status >= 500 as logged, but only non-HttpError exceptions were "
-                   "reported: a raised HttpError(503) (and the proxy's 502/504) is never "
-                   "logged, while a returned 503 is logged at ERROR and a raised 404 at WARNING")
 def test_review_a_raised_5xx_http_error_is_logged_as_a_returned_one_is(caplog: Any) -> None:
     app = App()
 
@@ -15374,9 +15358,6 @@ def test_review_asgi_root_path_is_script_name_for_routes_reverse_and_redirects()
     assert json.loads(_started(_asgi_answer(app, scope))[2])["url"] == "/mount/items/4"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _environ_from_scope strips root_path '/mount/' "
-                   "from '/mount/items/3' leaving PATH_INFO 'items/3' (no leading slash): "
-                   "404; root_path should be taken without its trailing slash")
 def test_review_asgi_root_path_with_a_trailing_slash() -> None:
     app = App()
     app.add_route("/items/<int:n>", lambda request, n: {"path_info": request.path_info})
@@ -15384,10 +15365,6 @@ def test_review_asgi_root_path_with_a_trailing_slash() -> None:
     assert _started(_asgi_answer(app, scope))[2] == b'{"path_info":"/items/3"}'
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _scope_from_environ (test client) sets root_path "
-                   "to SCRIPT_NAME as PEP 3333 latin-1 text while path is decoded as UTF-8, "
-                   "so Client(script_name='/caf\\xc3\\xa9', asgi=True) gets a 404 where WSGI "
-                   "answers 200; root_path should be decoded as path is")
 def test_review_client_non_ascii_script_name_under_both_interfaces() -> None:
     app = App()
     app.add_route("/x", lambda request: request.script_name)
@@ -15427,9 +15404,6 @@ def test_review_asgi_allowed_hosts_for_http_and_websockets() -> None:
             pass
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ASGIHandler.read_body checks `declared.isdigit()"
-                   " and int(declared)`: a Content-Length of b'\\xb2' (latin-1 '²', which "
-                   "isdigit) makes int() raise ValueError out of app.asgi into the server")
 def test_review_asgi_content_length_that_is_not_ascii_digits_is_answered() -> None:
     app = App()
     app.add_route("/", lambda request: "ok", methods=["POST"])
