@@ -3982,25 +3982,49 @@ def _is_async(func: Any) -> bool:
 
 
 # Sync code called from the ASGI server's worker threads finds the server's loop here
-# (asyncio.to_thread copies the context), so a coroutine it must wait for runs there.
+# (the thread runs in a copy of the caller's context), so a coroutine it must wait for
+# runs there.
 _event_loop: ContextVar[Any] = ContextVar("microhandler_event_loop", default=None)
 _thread_state = _thread._local()
+# The queue of a thread that waits for a coroutine (a sync middleware's, under ASGI): sync
+# work that coroutine offloads runs on that thread, asgiref's CurrentThreadExecutor. Were
+# it sent to the pool, each waiting layer would hold a pool thread while the work it waits
+# for needs another, and a busy server would deadlock.
+_waiting_thread: ContextVar[Any] = ContextVar("microhandler_waiting_thread", default=None)
+# Where a thread call notes the coroutines it waits for, so that cancelling the call (the
+# client left) cancels them too.
+_awaited_futures: ContextVar[list[Any] | None] = ContextVar("microhandler_awaited",
+                                                            default=None)
 
 
 def _await_from_sync(awaitable: Any) -> Any:
     """Wait for `awaitable` from sync code: on the ASGI server's loop when called from one
-    of its worker threads, else on this thread's own loop (one per thread, kept)."""
+    of its worker threads (doing the sync work it hands back meanwhile), else on this
+    thread's own loop (one per thread, kept)."""
     import asyncio
     loop = _event_loop.get()
-    if loop is not None and loop.is_running():
-        if asyncio._get_running_loop() is loop:
-            raise RuntimeError("Sync code on the event loop cannot wait for a coroutine; "
-                               "await it, or run the sync code in a thread")
-        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop).result()
-    own = getattr(_thread_state, "loop", None)
-    if own is None or own.is_closed():
-        own = _thread_state.loop = asyncio.new_event_loop()
-    return own.run_until_complete(awaitable)
+    if loop is None or not loop.is_running():
+        own = getattr(_thread_state, "loop", None)
+        if own is None or own.is_closed():
+            own = _thread_state.loop = asyncio.new_event_loop()
+        return own.run_until_complete(awaitable)
+    if asyncio._get_running_loop() is loop:
+        raise RuntimeError("Sync code on the event loop cannot wait for a coroutine; "
+                           "await it, or run the sync code in a thread")
+    import queue
+    work: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
+    token = _waiting_thread.set(work)
+    try:  # the coroutine's task copies this context, so it finds `work`
+        future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop)
+    finally:
+        _waiting_thread.reset(token)
+    awaited = _awaited_futures.get()
+    if awaited is not None:
+        awaited.append(future)
+    future.add_done_callback(lambda _: work.put(None))
+    while (task := work.get()) is not None:
+        task()
+    return future.result()
 
 
 async def _awaited(awaitable: Any) -> Any:
@@ -4019,9 +4043,63 @@ def _call_in_worker(function: Callable[..., Any], args: tuple[Any, ...],
 
 
 async def _to_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run sync code in the loop's thread pool, with the caller's context variables."""
+    """Run sync code off the loop with the caller's context: on the thread waiting for
+    this coroutine if there is one, else in the loop's pool. Cancelled (the client left),
+    the call still runs to its end: the coroutines it waits for are cancelled, and a
+    response it returns late is closed."""
     import asyncio
-    return await asyncio.to_thread(function, *args, **kwargs)
+    import contextvars
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    awaited: list[Any] = []
+    context.run(_awaited_futures.set, awaited)
+    waiting = _waiting_thread.get()
+    if waiting is None:
+        running = loop.run_in_executor(None, lambda: context.run(function, *args, **kwargs))
+    else:
+        running = loop.create_future()
+        waiting.put(lambda: _settle(running, context.run, function, *args, **kwargs))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        for future in awaited:
+            future.cancel()
+        running.add_done_callback(_close_late_response)
+        raise
+
+
+def _settle(future: Any, run: Callable[..., Any], *call: Any, **kwargs: Any) -> None:
+    """Run `call` on this thread and hand its outcome to `future`, on the future's loop."""
+    loop = future.get_loop()
+    try:
+        result = run(*call, **kwargs)
+    except BaseException as exc:  # handed over whole, as the pool's futures do
+        loop.call_soon_threadsafe(_settle_future, future, None, exc)
+    else:
+        loop.call_soon_threadsafe(_settle_future, future, result, None)
+
+
+def _settle_future(future: Any, result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        _close_late_response(future, result)
+    elif exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _close_late_response(future: Any, result: Any = None) -> None:
+    """Release what a response made after its client left holds (a file, a connection),
+    without request_finished: that was sent for the request already."""
+    if result is None and not future.cancelled() and future.exception() is None:
+        result = future.result()
+    if isinstance(result, HttpResponse) and not result._closed:
+        result._closed = True
+        for closer in result._resource_closers:
+            try:
+                closer()
+            except Exception:
+                _log.exception("Closing a response made after its client left failed")
 
 
 def convert_exception_to_response(get_response: Callable[[Request], Any],

@@ -15566,11 +15566,6 @@ def test_review_request_context_reaches_sync_and_async_views_under_asgi() -> Non
     assert mh._current_request.get() is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a sync-only middleware outside an async layer "
-                   "holds a pool thread (to_async -> _to_thread) while it waits "
-                   "(_await_from_sync) for the async inner chain, which needs another pool "
-                   "thread for the sync view: with as many concurrent requests as pool "
-                   "threads (min(32, cpus + 4)), every thread waits and the server hangs")
 def test_review_sync_middleware_outside_async_layers_does_not_exhaust_the_thread_pool() -> None:
     import asyncio
     import concurrent.futures
@@ -15622,10 +15617,6 @@ def _leave_when(event: threading.Event, messages: list[dict[str, Any]]) -> Any:
     return receive
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when the client leaves during a sync view, "
-                   "ASGIHandler.run_get_response cancels the task awaiting asyncio.to_thread, "
-                   "but the view runs on in its thread and the response it returns is "
-                   "dropped unclosed: its closers (a file, a database lease) never run")
 def test_review_a_sync_views_late_response_is_closed_after_the_client_left(
         finished_count: list[str]) -> None:
     import asyncio
@@ -15658,10 +15649,6 @@ def test_review_a_sync_views_late_response_is_closed_after_the_client_left(
     assert closed == ["closed"] and finished_count == ["started", "finished"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: behind a sync-only middleware, an async view runs "
-                   "via _await_from_sync -> run_coroutine_threadsafe as a task of its own; "
-                   "when the client leaves, run_get_response cancels only the to_thread "
-                   "wait, so the view is not cancelled (SPEC: a disconnect cancels the view)")
 def test_review_disconnect_cancels_an_async_view_behind_a_sync_middleware() -> None:
     import asyncio
     started = threading.Event()
