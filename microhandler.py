@@ -3951,12 +3951,24 @@ def _end_transaction(request: Request, commit: bool, failed: bool) -> None:
 # the code flag for `async def`, or a mark left by markcoroutinefunction() (ours and
 # Python 3.12's inspect use the same attribute; asgiref's older mark is `_is_coroutine`).
 _CO_COROUTINE = 0x80
-_COROUTINE_MARK = getattr(sys.modules.get("inspect"), "_is_coroutine_mark", object())
+_COROUTINE_MARK = object()
+
+
+def _inspect_mark() -> Any:
+    """The mark of inspect.markcoroutinefunction (Python 3.12+), if inspect is loaded."""
+    inspect = sys.modules.get("inspect")
+    return getattr(inspect, "_is_coroutine_marker", None) or getattr(
+        inspect, "_is_coroutine_mark", None)
 
 
 def markcoroutinefunction(func: _F) -> _F:
     """Mark `func` (a function, or a middleware instance) as async, so the chain builder
-    awaits what it returns: Django's `markcoroutinefunction`."""
+    awaits what it returns: Django's `markcoroutinefunction`. From Python 3.12 this is
+    inspect's own mark, so inspect.iscoroutinefunction() agrees."""
+    import inspect
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        return mark(func)  # type: ignore[no-any-return]
     func._is_coroutine_marker = _COROUTINE_MARK  # type: ignore[attr-defined]
     return func
 
@@ -3965,7 +3977,8 @@ def _is_async(func: Any) -> bool:
     """Whether calling `func` returns an awaitable: `async def`, marked, or an object whose
     `__call__` is `async def`; functools.partial and bound methods are looked through."""
     while True:
-        if getattr(func, "_is_coroutine_marker", None) is _COROUTINE_MARK:
+        marker = getattr(func, "_is_coroutine_marker", None)
+        if marker is not None and (marker is _COROUTINE_MARK or marker is _inspect_mark()):
             return True
         if getattr(func, "_is_coroutine", None) is not None and "asyncio" in sys.modules:
             return func._is_coroutine is sys.modules["asyncio"].coroutines._is_coroutine
@@ -4433,7 +4446,7 @@ class App:
                  start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The PEP 3333 entry point."""
         if self._middleware_chain is None:
-            self._start_serving(is_async=False)
+            return self._first_call(environ, start_response)
         if request_started.receivers:
             request_started.send_robust(sender=type(self), environ=environ)
         request = self.request_class(environ, self)
@@ -4449,12 +4462,26 @@ class App:
         """Before the first request: run on_startup (once per App) and build the chain."""
         with self._lock:
             if not self._started:
-                self._started = True
-                for hook in self.on_startup:
-                    result = hook()
-                    if hasattr(result, "__await__"):
-                        _await_from_sync(result)
+                self._drive(_call_each(self.on_startup))
+                self._started = True  # only once it succeeded: until then, each request tries
         self.load_middleware(is_async)
+
+    def _first_call(self, environ: dict[str, Any],
+                    start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """The first request (or one after a failed start): start serving, then answer;
+        an on_startup or a middleware factory that fails is a 500, not an exception."""
+        try:
+            self._start_serving(is_async=False)
+        except Exception as exc:
+            request = self.request_class(environ, self)
+            token = _current_request.set(request)
+            try:
+                response = self._finish_response(request, self.response_for_exception(
+                    request, exc))
+            finally:
+                _current_request.reset(token)
+            return self._start_response(request, response, start_response)
+        return self(environ, start_response)
 
     def get_response(self, request: Request) -> HttpResponse:
         """Run the request through the middleware onion; always returns a response."""
@@ -5023,6 +5050,7 @@ class ASGIHandler:
 
     def __init__(self, app: App) -> None:
         self.app = app
+        self._startup_lock: tuple[Any, Any] | None = None  # (loop, asyncio.Lock)
 
     async def __call__(self, scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
         kind = scope["type"]
@@ -5040,8 +5068,11 @@ class ASGIHandler:
         """Receive the body, run the journey while listening for a disconnect, send the
         response; request_finished is sent once whatever happens."""
         app = self.app
-        if app._chains[True] is None or _event_loop.get() is None:
+        failure: Exception | None = None
+        try:
             await self._start_serving()
+        except Exception as exc:  # on_startup failed: a 500 until it succeeds
+            failure = exc
         environ = _environ_from_scope(scope)
         if request_started.receivers:
             request_started.send_robust(sender=type(app), environ=environ)
@@ -5051,8 +5082,10 @@ class ASGIHandler:
         response: HttpResponse | None = None
         try:
             try:
+                if failure is not None:
+                    raise failure
                 received = await self.read_body(receive, request)
-            except HttpError as exc:
+            except Exception as exc:
                 received = True
                 response = await app._drive_async(app._exception_journey(request, exc))
                 response = app._finish_response(request, response)
@@ -5164,16 +5197,21 @@ class ASGIHandler:
 
     # -- lifespan
     async def _start_serving(self) -> None:
-        """Before the first request: on_startup (once per App), then the async chain."""
+        """Before the first request: on_startup (once per App, when no lifespan ran it;
+        concurrent first requests wait for it), then the async chain."""
         import asyncio
-        _event_loop.set(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        _event_loop.set(loop)
         app = self.app
-        if app._chains[True] is not None:
+        if app._chains[True] is not None and app._started:
             return
-        if not app._started:
-            app._started = True
-            await app._drive_async(_call_each(app.on_startup))
-        app.load_middleware(is_async=True)
+        if self._startup_lock is None or self._startup_lock[0] is not loop:
+            self._startup_lock = (loop, asyncio.Lock())
+        async with self._startup_lock[1]:
+            if not app._started:
+                await app._drive_async(_call_each(app.on_startup))
+                app._started = True  # only once it succeeded: until then, each request tries
+            app.load_middleware(is_async=True)
 
     async def handle_lifespan(self, receive: _Receive, send: _Send) -> None:
         """The lifespan protocol: on_startup before serving, on_shutdown after."""
@@ -5181,7 +5219,8 @@ class ASGIHandler:
             message = await receive()
             stage = message["type"].rpartition(".")[2]  # "startup" or "shutdown"
             try:
-                if stage == "startup":
+                if stage == "startup":  # each lifespan runs on_startup, as it runs on_shutdown
+                    self.app._started = False
                     await self._start_serving()
                 else:
                     await self.app._drive_async(_call_each(self.app.on_shutdown))

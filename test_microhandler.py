@@ -15019,11 +15019,6 @@ def _python_312_or_later() -> str | None:
         capture_output=True, timeout=60).returncode == 0), None)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _COROUTINE_MARK is read from inspect when "
-                   "microhandler is imported; when inspect was not imported yet (python -I, "
-                   "a small app), it is a private object, so a function marked by "
-                   "inspect.markcoroutinefunction (or asgiref's, which uses it on 3.12+) is "
-                   "not async for _is_async, and ours is not for inspect.iscoroutinefunction")
 def test_review_coroutine_marks_are_shared_with_inspect_whatever_the_import_order() -> None:
     python = _python_312_or_later()
     if python is None:
@@ -15685,9 +15680,6 @@ def test_review_disconnect_cancels_an_async_view_behind_a_sync_middleware() -> N
 
 # -- start-up
 
-@pytest.mark.xfail(strict=True, reason="BUG: without lifespan, ASGIHandler._start_serving sets "
-                   "app._started before awaiting on_startup and holds no lock, so a second "
-                   "request arriving meanwhile is served before on_startup has finished")
 def test_review_concurrent_first_requests_wait_for_on_startup_under_asgi() -> None:
     import asyncio
     ready: list[str] = []
@@ -15719,10 +15711,6 @@ def test_review_concurrent_first_requests_wait_for_on_startup_under_asgi() -> No
     assert asyncio.run(both()) == [b"ready", b"ready"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an on_startup that raises, without lifespan, "
-                   "raises out of app.asgi (and app()) into the server on the first request, "
-                   "and App._started stays True: later requests are served by the views as "
-                   "if start-up had succeeded")
 def test_review_failed_on_startup_without_lifespan_is_never_forgotten() -> None:
     calls: list[str] = []
 
@@ -15757,10 +15745,6 @@ def test_review_lifespan_startup_and_shutdown_failures_are_reported(caplog: Any)
     assert "flush failed" in sent[1]["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ASGIHandler.handle_lifespan's startup goes "
-                   "through _start_serving, which returns early once the async chain exists: "
-                   "an App served again after a lifespan shutdown (a server restarted "
-                   "in-process, one per test) runs on_shutdown again but never on_startup")
 def test_review_each_lifespan_runs_on_startup_and_on_shutdown() -> None:
     calls: list[str] = []
     app = App(on_startup=[lambda: calls.append("start")],
