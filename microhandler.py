@@ -5145,9 +5145,15 @@ class ASGIHandler:
         """The response, or None when the client disconnected first: then the view is
         cancelled (Django's listen_for_disconnect)."""
         import asyncio
+        journey = self.app.get_response_async(request)
+        try:  # PERF: a journey that never waits is answered before a disconnect could matter
+            waiting_on = journey.send(None)
+        except StopIteration as done:
+            response: HttpResponse = done.value
+            return response
         watch = _DisconnectWatch(receive)
         try:
-            response = await self.app.get_response_async(request)
+            response = await _run_started(journey, waiting_on)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise  # the server cancelled us, not the client
@@ -5276,6 +5282,29 @@ async def _next_in_thread(chunks: Iterator[bytes]) -> bytes | None:
     except asyncio.CancelledError:
         await asyncio.wait((making,))
         raise
+
+
+async def _run_started(coroutine: Any, waiting_on: Any) -> Any:
+    """Run to its end, in this task, a coroutine whose first step was taken by hand and
+    that yielded `waiting_on` (a future, or None for a bare yield), as a Task would."""
+    import asyncio
+    while True:
+        try:
+            if waiting_on is None:
+                await asyncio.sleep(0)
+            else:  # as Task.__step does: the future's await has a yield of its own to make
+                waiting_on._asyncio_future_blocking = False
+                await waiting_on
+        except BaseException as exc:  # it failed, or we were cancelled: the coroutine sees it
+            try:
+                waiting_on = coroutine.throw(exc)
+            except StopIteration as done:
+                return done.value
+            continue
+        try:
+            waiting_on = coroutine.send(None)
+        except StopIteration as done:
+            return done.value
 
 
 class _DisconnectWatch:
