@@ -4229,10 +4229,7 @@ class _Hooks:
         self.view: list[tuple[Callable[..., Any], bool]] = []
         self.template: list[tuple[Callable[..., Any], bool]] = []
         self.exception: list[tuple[Callable[..., Any], bool]] = []
-
-    @property
-    def none(self) -> bool:
-        return not (self.view or self.template or self.exception)
+        self.none = True  # no hook at all: the journey can take its shortcut
 
     def add(self, instance: Any, offload: bool) -> None:
         # Walking the list from inner to outer: process_view runs outer to inner, so each
@@ -4243,6 +4240,7 @@ class _Hooks:
             self.template.append((instance.process_template_response, offload))
         if hasattr(instance, "process_exception"):
             self.exception.append((instance.process_exception, offload))
+        self.none = not (self.view or self.template or self.exception)
 
 
 def _middleware_mode(factory: Any, handler_is_async: bool) -> bool:
@@ -4323,7 +4321,6 @@ class App:
         # One chain per interface, built on first use: index False for WSGI, True for ASGI.
         self._chains: list[Callable[[Request], Any] | None] = [None, None]
         self._hooks: list[_Hooks] = [_Hooks(), _Hooks()]
-        self._without_hooks = False  # the WSGI chain has no middleware hook: a fast path
         self._started = False
         self._resolver: Resolver | None = None
         self._templates: Any = None
@@ -4437,7 +4434,6 @@ class App:
             self.resolver  # noqa: B018 (compile the routes before serving)
             self._chains[is_async] = handler
             if not is_async:
-                self._without_hooks = hooks.none
                 self._middleware_chain = handler
             return handler
 
@@ -4530,7 +4526,7 @@ class App:
 
     def _get_response(self, request: Request) -> HttpResponse:
         """The centre of the onion under WSGI: the journey, run in this thread."""
-        if self._without_hooks:
+        if self._hooks[False].none:
             # PERF: with no middleware hook, the journey is resolve, call, coerce: run here
             # without the generator and its driver (a third of a hello request).
             callback, args, kwargs = self.resolve_request(request)
@@ -4550,9 +4546,26 @@ class App:
 
     async def _get_response_async(self, request: Request) -> HttpResponse:
         """The centre of the onion under ASGI: the same journey, awaited."""
-        response: HttpResponse = await self._drive_async(
+        if self._hooks[True].none:  # PERF: the same shortcut, awaiting where it calls
+            callback, args, kwargs = self.resolve_request(request)
+            if self.atomic_requests:
+                callback = self.make_view_atomic(callback)
+            if _is_async(callback):
+                value = await callback(request, *args, **kwargs)
+            else:
+                value = await _to_thread(_call_in_worker, callback, (request, *args), kwargs)
+            if type(value) is str:
+                return HttpResponse(value)
+            if hasattr(value, "__await__"):
+                value = await value
+            response = self.make_response(value, callback)
+            if response.render is not None and not response.is_rendered:
+                response = await _to_thread(response.render)
+            return response
+        result: HttpResponse = await self._drive_async(
             self._journey(request, self._hooks[True]))
-        return response
+        return result
+
 
     def _journey(self, request: Request, hooks: _Hooks) -> _Journey:
         """Resolve, view middleware, the view, template hooks, render: the decisions, written
@@ -5069,10 +5082,13 @@ class ASGIHandler:
         response; request_finished is sent once whatever happens."""
         app = self.app
         failure: Exception | None = None
-        try:
-            await self._start_serving()
-        except Exception as exc:  # on_startup failed: a 500 until it succeeds
-            failure = exc
+        if app._started and app._chains[True] is not None:  # PERF: served before
+            _event_loop.set(self._loop_of_request())
+        else:
+            try:
+                await self._start_serving()
+            except Exception as exc:  # on_startup failed: a 500 until it succeeds
+                failure = exc
         environ = _environ_from_scope(scope)
         if request_started.receivers:
             request_started.send_robust(sender=type(app), environ=environ)
@@ -5101,6 +5117,11 @@ class ASGIHandler:
                 request.close()
                 if request_finished.receivers:
                     request_finished.send_robust(sender=type(app))
+
+    @staticmethod
+    def _loop_of_request() -> Any:
+        import asyncio
+        return asyncio.get_running_loop()
 
     async def read_body(self, receive: _Receive, request: Request) -> bool:
         """Receive the body, refusing it (413) as soon as it is over max_body_size; False
@@ -5362,29 +5383,29 @@ def _call_each(functions: Iterable[Callable[[], Any]]) -> _Journey:
 def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
     """A PEP 3333 environ for an ASGI scope, so one Request class serves both interfaces.
     The path is taken from the bytes the server received when it gives them."""
+    environ = _SCOPE_ENVIRON.copy()  # PERF: what rarely varies, copied in one go
     raw_path = scope.get("raw_path")
-    path = (unquote_to_bytes(raw_path.partition(b"?")[0]) if raw_path
-            else scope["path"].encode("utf-8")).decode("latin-1")
-    script_name = scope.get("root_path", "").rstrip("/").encode("utf-8").decode("latin-1")
-    if script_name and path.startswith(script_name):
-        path = path[len(script_name):]
-    server = scope.get("server") or ("localhost", 80)
-    client = scope.get("client") or ("", 0)
-    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"),
-                                                scope.get("scheme", "http"))
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": scope.get("method", "GET"), "SCRIPT_NAME": script_name,
-        "PATH_INFO": path, "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-        "SERVER_NAME": str(server[0]), "SERVER_PORT": str(server[1] or ""),
-        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
-        "REMOTE_ADDR": str(client[0]), "wsgi.url_scheme": scheme, "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr, "wsgi.version": (1, 0), "wsgi.multithread": True,
-        "wsgi.multiprocess": False, "wsgi.run_once": False, "asgi.scope": scope,
-    }
-    if scope.get(_DONT_ENFORCE_CSRF):  # the test client's, as under WSGI
-        environ[_DONT_ENFORCE_CSRF] = True
+    if raw_path:
+        raw_path = raw_path.partition(b"?")[0] if b"?" in raw_path else raw_path
+        path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
+    else:
+        path = scope["path"].encode("utf-8").decode("latin-1")
+    root_path = scope.get("root_path")
+    if root_path:
+        script_name = environ["SCRIPT_NAME"] = root_path.rstrip("/").encode().decode("latin-1")
+        if script_name and path.startswith(script_name):
+            path = path[len(script_name):]
+    environ["PATH_INFO"] = path
+    environ["REQUEST_METHOD"] = scope.get("method", "GET")
+    environ["QUERY_STRING"] = scope.get("query_string", b"").decode("latin-1")
+    environ["wsgi.input"] = io.BytesIO()
+    environ["wsgi.errors"] = sys.stderr
+    environ["asgi.scope"] = scope
+    _environ_from_scope_details(scope, environ)
     for raw_name, raw_value in scope.get("headers", ()):
-        key = _ENVIRON_KEYS.get(raw_name) or _environ_key(raw_name)
+        key = _ENVIRON_KEYS.get(raw_name)
+        if key is None:
+            key = _environ_key(raw_name)
         if not key:  # as the built-in server: X-User_Id cannot pose as X-User-Id
             continue
         value = raw_value.decode("latin-1")
@@ -5392,6 +5413,31 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
             value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
         environ[key] = value
     return environ
+
+
+_SCOPE_ENVIRON: dict[str, Any] = {
+    "SCRIPT_NAME": "", "SERVER_NAME": "localhost", "SERVER_PORT": "80", "REMOTE_ADDR": "",
+    "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.version": (1, 0),
+    "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+}
+
+
+def _environ_from_scope_details(scope: dict[str, Any], environ: dict[str, Any]) -> None:
+    """Server, client, scheme and protocol version, where the scope has them."""
+    server = scope.get("server")
+    if server:
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1] or "")
+    client = scope.get("client")
+    if client:
+        environ["REMOTE_ADDR"] = str(client[0])
+    scheme = scope.get("scheme")
+    if scheme and scheme != "http":
+        environ["wsgi.url_scheme"] = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    version = scope.get("http_version")
+    if version and version != "1.1":
+        environ["SERVER_PROTOCOL"] = f"HTTP/{version}"
+    if scope.get(_DONT_ENFORCE_CSRF):  # the test client's, as under WSGI
+        environ[_DONT_ENFORCE_CSRF] = True
 
 
 # Header names as environ keys (b"user-agent" -> "HTTP_USER_AGENT"), memoised: the same
