@@ -4410,8 +4410,10 @@ class App:
             if chain is not None:
                 return chain
             hooks = self._hooks[is_async] = _Hooks()
-            handler = convert_exception_to_response(
-                self._get_response_async if is_async else self._get_response, self)
+            handler: Callable[[Request], Any] = (
+                self._get_response_async if is_async else self._get_response)
+            if self.middleware:  # PERF: without middleware, get_response catches instead
+                handler = convert_exception_to_response(handler, self)
             handler_is_async = is_async
             for entry in reversed(self.middleware):
                 factory = _import_string(entry) if isinstance(entry, str) else entry
@@ -4483,8 +4485,11 @@ class App:
         """Run the request through the middleware onion; always returns a response."""
         chain = self._middleware_chain or self.load_middleware()
         refused = None if self.allowed_hosts is None else self._host_refused(request)
-        response = chain(request) if refused is None else self.response_for_exception(
-            request, refused)
+        try:
+            response = chain(request) if refused is None else self.response_for_exception(
+                request, refused)
+        except Exception as exc:  # from the centre, when no middleware wraps it
+            response = self.response_for_exception(request, exc)
         if response.render is None and response.status_code < 400 and not request._files_to_close:
             return response  # PERF: nothing to render, release or log
         return self._finish_response(request, response)
@@ -4493,8 +4498,12 @@ class App:
         """The same journey under ASGI: the async chain, awaited."""
         chain = self._chains[True] or self.load_middleware(is_async=True)
         refused = self._host_refused(request)
-        response: HttpResponse = await (chain(request) if refused is None else self._drive_async(
-            self._exception_journey(request, refused)))
+        try:
+            response: HttpResponse = await (chain(request) if refused is None else
+                                            self._drive_async(
+                                                self._exception_journey(request, refused)))
+        except Exception as exc:  # from the centre, when no middleware wraps it
+            response = await self._drive_async(self._exception_journey(request, exc))
         if response.render is not None and not response.is_rendered:
             response = await _to_thread(self._finish_response, request, response)
             return response
