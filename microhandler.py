@@ -4484,10 +4484,10 @@ class App:
     def get_response(self, request: Request) -> HttpResponse:
         """Run the request through the middleware onion; always returns a response."""
         chain = self._middleware_chain or self.load_middleware()
-        refused = None if self.allowed_hosts is None else self._host_refused(request)
+        bad_host = None if self.allowed_hosts is None else self._wrong_host(request)
         try:
-            response = chain(request) if refused is None else self.response_for_exception(
-                request, refused)
+            response = chain(request) if bad_host is None else self.response_for_exception(
+                request, bad_host)
         except Exception as exc:  # from the centre, when no middleware wraps it
             response = self.response_for_exception(request, exc)
         if response.render is None and response.status_code < 400 and not request._files_to_close:
@@ -4497,11 +4497,11 @@ class App:
     async def get_response_async(self, request: Request) -> HttpResponse:
         """The same journey under ASGI: the async chain, awaited."""
         chain = self._chains[True] or self.load_middleware(is_async=True)
-        refused = self._host_refused(request)
+        bad_host = self._wrong_host(request)
         try:
-            response: HttpResponse = await (chain(request) if refused is None else
+            response: HttpResponse = await (chain(request) if bad_host is None else
                                             self._drive_async(
-                                                self._exception_journey(request, refused)))
+                                                self._exception_journey(request, bad_host)))
         except Exception as exc:  # from the centre, when no middleware wraps it
             response = await self._drive_async(self._exception_journey(request, exc))
         if response.render is not None and not response.is_rendered:
@@ -4509,7 +4509,7 @@ class App:
             return response
         return self._finish_response(request, response)
 
-    def _host_refused(self, request: Request) -> BadRequest | None:
+    def _wrong_host(self, request: Request) -> BadRequest | None:
         """With allowed_hosts, a request for another host is answered outside the onion
         (no middleware may answer it): the error to answer with, or None."""
         if self.allowed_hosts is None:
@@ -5278,7 +5278,7 @@ class ASGIHandler:
         request = app.request_class(_environ_from_scope(scope), app)
         socket = WebSocket(request, receive, send)
         try:
-            if app._host_refused(request) is not None:
+            if app._wrong_host(request) is not None:
                 raise PermissionDenied()
             handler, args, kwargs = app.resolve_websocket(request)
         except HttpError:
