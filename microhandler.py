@@ -1,9 +1,24 @@
-"""microhandler: a one-file WSGI micro-framework with Django's request handler at its heart.
+"""microhandler: a one-file WSGI and ASGI micro-framework with Django's request handler at
+its heart. Read it top to bottom, a section a line:
 
-Read it top to bottom: exceptions; small data structures; signals; the request and its
-parsers; responses; templates; routing; middleware and the App handler; the test client;
-servers and the command line. The core imports only the standard library; waitress and
-jinja2 are optional and imported inside the functions that use them.
+- exceptions: HttpError and its family, the configuration errors;
+- data structures: MultiDict, QueryDict, Headers;
+- signals: request_started, request_finished, got_request_exception;
+- request and parsers: Request, lazily parsed (query, forms, multipart, cookies, JSON);
+- responses: HttpResponse, JSON, streaming, files, redirects, TemplateResponse;
+- templates: the small Django-like engine (extends, blocks, include, filters);
+- routing: Route, the flat compiled Resolver, static();
+- forwarding: proxy(), a route that streams to a backend;
+- views: class-based View;
+- databases: request.db from a per-thread pool, atomic views;
+- middleware and App: the onion, the request's journey (one for both interfaces), errors;
+- async and ASGI: ASGIHandler (HTTP, lifespan, WebSocket), the sync/async bridges;
+- batteries: sessions, messages, CSRF, CORS, GZip, conditional GET, security headers;
+- test client: Client (WSGI or ASGI), WebSocket sessions;
+- servers and command line: the strict built-in HTTP/1.1 server, waitress, uvicorn, serve().
+
+The core imports only the standard library, and asyncio only when something async runs;
+waitress, uvicorn and jinja2 are optional and imported inside the functions that use them.
 """
 # Optional servers may be missing or untyped; a user's `mypy --strict` must not fail on them.
 # mypy: disable-error-code="import-untyped,import-not-found"
