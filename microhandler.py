@@ -3984,7 +3984,9 @@ def markcoroutinefunction(func: _F) -> _F:
     mark = getattr(inspect, "markcoroutinefunction", None)
     if mark is not None:
         return mark(func)  # type: ignore[no-any-return]
-    func._is_coroutine_marker = _COROUTINE_MARK  # type: ignore[attr-defined]
+    # A bound method takes no attributes: its function carries the mark, as inspect does.
+    target: Any = getattr(func, "__func__", func)
+    target._is_coroutine_marker = _COROUTINE_MARK
     return func
 
 
