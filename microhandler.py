@@ -185,7 +185,9 @@ class MultiDict(_StrMapping):
     def __init__(self, items: Iterable[tuple[str, Any]] | Mapping[str, Any] = (),
                  *, mutable: bool = False) -> None:
         self._lists: dict[str, list[Any]] = {}
-        if isinstance(items, MultiDict):
+        if type(items) is list:  # PERF: the parsers' pairs, without the ABC checks below
+            pass
+        elif isinstance(items, MultiDict):
             items = items.multi_items()
         elif isinstance(items, Mapping):
             items = items.items()
