@@ -4594,7 +4594,6 @@ class App:
             self._journey(request, self._hooks[True]))
         return result
 
-
     def _journey(self, request: Request, hooks: _Hooks) -> _Journey:
         """Resolve, view middleware, the view, template hooks, render: the decisions, written
         once for both interfaces. Each call into user code is yielded to the driver as
