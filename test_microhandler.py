@@ -15023,13 +15023,13 @@ def test_review_coroutine_marks_are_shared_with_inspect_whatever_the_import_orde
     python = _python_312_or_later()
     if python is None:
         pytest.skip("needs Python 3.12+ (inspect.markcoroutinefunction)")
-    code = ("import sys; sys.path.insert(0, %r); import microhandler as mh; import inspect\n"
+    code = (f"import sys; sys.path.insert(0, {str(Path(mh.__file__).parent)!r}); "
+            "import microhandler as mh; import inspect\n"
             "async def answer(request): return 'ok'\n"
             "def theirs(request): return answer(request)\n"
             "def ours(request): return answer(request)\n"
             "inspect.markcoroutinefunction(theirs); mh.markcoroutinefunction(ours)\n"
-            "print(mh._is_async(theirs), inspect.iscoroutinefunction(ours))"
-            % str(Path(mh.__file__).parent))
+            "print(mh._is_async(theirs), inspect.iscoroutinefunction(ours))")
     done = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.stdout.split() == ["True", "True"], done.stderr
