@@ -1127,7 +1127,7 @@ class Request:
         self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
         path = environ.get("PATH_INFO") or "/"
         if path.isascii():  # PERF: the usual path needs no decoding, so no lazy step
-            self.__dict__["path_info"] = path
+            self.path_info = path
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.method} {self.environ.get('PATH_INFO', '')!r}>"
@@ -1556,7 +1556,6 @@ class HttpResponse:
                  headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
                  charset: str | None = None) -> None:
         self.status_code = status
-        self._charset = charset
         if content_type is None and charset is None and not headers and type(content) in (
                 bytes, str):
             # PERF: the common case (a view returned text) skips header validation of
@@ -1564,6 +1563,7 @@ class HttpResponse:
             self._headers: dict[str, tuple[str, str]] = {"content-type": _DEFAULT_CONTENT_TYPE}
             self._content = content if type(content) is bytes else content.encode()
             return
+        self._charset = charset
         self._headers = {}
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
@@ -1731,8 +1731,8 @@ class HttpResponse:
     # -- the WSGI side
     def wsgi_headers(self) -> list[tuple[str, str]]:
         """The header list for start_response, with Content-Length and Set-Cookie."""
-        headers = list(self._headers.values())
-        if not self.streaming and "content-length" not in self._headers:
+        headers = [*self._headers.values()]
+        if "content-length" not in self._headers and not self.streaming:
             headers.append(("Content-Length", str(len(self._content))))
         if "cookies" in self.__dict__:
             headers.extend(("Set-Cookie", morsel.OutputString())
@@ -3234,6 +3234,14 @@ def _regex_literal(text: str) -> str | None:
     return re.sub(r"\\(.)", r"\1", text)
 
 
+def _plain_methods(item: Route) -> frozenset[str]:
+    """The usual methods `item` accepts, for the resolver's literal-path shortcut; any
+    other method (or a Route subclass) takes the general path, which asks `accepts()`."""
+    if type(item) is not Route:
+        return frozenset()
+    return frozenset(m for m in (*_ALL_METHODS, *(item.methods or ())) if item.accepts(m))
+
+
 def route(pattern: str, view: Callable[..., Any], methods: Iterable[str] | None = None,
           name: str | None = None, kwargs: Mapping[str, Any] | None = None,
           websocket: bool = False) -> Route:
@@ -3318,7 +3326,8 @@ class Resolver:
                 if key[end] == "/"}
         self._buckets = {prefix: self._bucket(prefix, by_prefix) for prefix in keys}
         # A literal path whose first candidate is its own route resolves with one lookup.
-        self.first_static = {path: routes[0] for path, routes in self._static.items()
+        self.first_static = {path: (routes[0], _plain_methods(routes[0]))
+                             for path, routes in self._static.items()
                              if self.candidates(path)[0] is routes[0]
                              and not any(r.match(path) for r in self.candidates(path)
                                          if self._order[r] < self._order[routes[0]])}
@@ -4651,9 +4660,10 @@ class App:
         path = request.path_info
         method = request.method
         resolver = self._resolver or self.resolver
-        item = resolver.first_static.get(path)
-        if item is not None and item.accepts(method):
+        static = resolver.first_static.get(path)
+        if static is not None and method in static[1]:
             # PERF: a literal path whose route is known, at start-up, to be tried first.
+            item = static[0]
             kwargs = item.kwargs.copy() if item.kwargs else {}
             request._route_found = (item, (), kwargs)
             return item.view, (), kwargs
