@@ -15958,3 +15958,10 @@ def test_review_client_raise_server_exceptions_the_same_under_both_interfaces() 
         assert response.exc_info[0] is LookupError
         assert Client(app, asgi=asgi, raise_server_exceptions=False).get(
             "/http").exc_info is None
+
+
+@given(st.text(alphabet=st.sampled_from(list('ab=;" \t\x00\\é,')), max_size=30))
+def test_the_cookie_shortcut_reads_headers_as_the_lenient_parser_does(header: str) -> None:
+    """_parse_cookie reads the usual header without stripping: it must agree with the
+    lenient, general parser on every header."""
+    assert mh._parse_cookie(header) == mh._parse_cookie_leniently(header)
