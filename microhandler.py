@@ -4442,7 +4442,12 @@ class App:
         """The middleware order and the compiled routes, for a reader or a log."""
         names = [m if isinstance(m, str) else _name_of(m) for m in self.middleware]
         onion = " -> ".join([*names, "view"]) if names else "view (no middleware)"
-        return f"middleware: {onion}\nroutes:\n{self.resolver.describe()}"
+        built = [f"{interface}: " + ("the journey's shortcut (no middleware hook)"
+                                     if self._hooks[is_async].none else "the full journey")
+                 for is_async, interface in ((False, "WSGI"), (True, "ASGI"))
+                 if self._chains[is_async] is not None]
+        journey = f"\nbuilt: {'; '.join(built)}" if built else ""
+        return f"middleware: {onion}{journey}\nroutes:\n{self.resolver.describe()}"
 
     # -- building the onion, once per mode
     def load_middleware(self, is_async: bool = False) -> Callable[[Request], Any]:

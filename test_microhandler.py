@@ -15965,3 +15965,26 @@ def test_the_cookie_shortcut_reads_headers_as_the_lenient_parser_does(header: st
     """_parse_cookie reads the usual header without stripping: it must agree with the
     lenient, general parser on every header."""
     assert mh._parse_cookie(header) == mh._parse_cookie_leniently(header)
+
+
+def test_describe_says_which_journey_each_built_chain_takes() -> None:
+    """app.describe() shows what was compiled: the shortcut without middleware hooks, the
+    full journey with them, for each interface built so far."""
+    class Viewer:
+        def __init__(self, get_response):
+            self.get_response = get_response
+
+        def __call__(self, request):
+            return self.get_response(request)
+
+        def process_view(self, request, view, args, kwargs):
+            return None
+    plain, hooked = App(), App(middleware=[Viewer])
+    for app in (plain, hooked):
+        app.add_route("/", lambda request: "ok")
+        assert "built:" not in app.describe()
+        Client(app).get("/")
+        Client(app, asgi=True).get("/")
+    assert "WSGI: the journey's shortcut" in plain.describe()
+    assert "ASGI: the journey's shortcut" in plain.describe()
+    assert "WSGI: the full journey; ASGI: the full journey" in hooked.describe()
