@@ -3537,11 +3537,12 @@ class _GatewayTimeout(HttpError):
     status = 504
 
 
-# RFC 9110 7.6.1: these speak of one connection, so they never cross the proxy (names
-# starting "proxy-" and those listed in Connection neither). "Proxy" is httpoxy's header;
-# "trailers" is how wsgiref spells Trailer, and a WSGI server refuses it from an app.
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding",
-                         "upgrade", "proxy", "trailers"})
+# RFC 9110 7.6.1: these speak of one connection (the built-in server refuses them from an
+# app too), so they never cross the proxy, nor do names listed in Connection. "Proxy" is
+# httpoxy's header; "trailers" is how wsgiref spells Trailer, refused from an app.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                         "te", "trailer", "transfer-encoding", "upgrade"})
+_NOT_FORWARDED = _HOP_BY_HOP | {"proxy", "trailers"}
 # Request headers the proxy writes itself: Host and the body's framing; Expect was the front
 # server's to answer; the client's own Forwarded and X-Forwarded-* are not trusted (SPEC).
 _SET_BY_PROXY = frozenset({"host", "content-length", "expect", "forwarded", "x-forwarded-for",
@@ -3674,7 +3675,7 @@ def _connection_tokens(value: str) -> frozenset[str]:
 
 
 def _is_hop_by_hop(name: str, named: frozenset[str]) -> bool:
-    return name in _HOP_BY_HOP or name.startswith("proxy-") or name in named
+    return name in _NOT_FORWARDED or name.startswith("proxy-") or name in named
 
 
 def _upstream_headers(request: Request, upstream_host: str,
@@ -7229,8 +7230,6 @@ class _ChunkedBody(_RequestBody):
 _SINGLE_FIELDS = frozenset({"HTTP_HOST", "CONTENT_TYPE"})   # given twice: 400
 _FIELD_KEYS: dict[bytes, str | None] = {}   # b"user-agent" -> "HTTP_USER_AGENT"
 _LENGTH_TEXT = re.compile(r"[0-9]{1,18}")
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                         "te", "trailer", "transfer-encoding", "upgrade"})
 
 
 def _field_key(name: bytes) -> str | None:

@@ -10400,7 +10400,8 @@ def test_proxy_forwards_method_path_query_body_and_end_to_end_headers(backend: B
         headers={"X-Custom": "kept", "Connection": "X-Private", "X-Private": "secret",
                  "Keep-Alive": "timeout=5", "TE": "trailers", "Upgrade": "h2c",
                  "Proxy-Authorization": "Basic eDp5", "X-Forwarded-For": "6.6.6.6",
-                 "X-Forwarded-Host": "forged.example", "Forwarded": "for=6.6.6.6"})
+                 "X-Forwarded-Host": "forged.example", "Forwarded": "for=6.6.6.6",
+                 "Proxy": "http://evil.example:3128"})  # httpoxy
     assert response.status_code == 200
     assert response.json() == {"method": "POST", "body": "hello",
                                "path": "/base/items/a%20b/%C3%A9?x=1&y=+z%26"}
@@ -10414,7 +10415,7 @@ def test_proxy_forwards_method_path_query_body_and_end_to_end_headers(backend: B
     assert headers["x-forwarded-host"] == "testserver"
     assert headers["connection"] == "close"  # the proxy's own, one connection per request
     for dropped in ("x-private", "keep-alive", "te", "upgrade", "proxy-authorization",
-                    "forwarded", "transfer-encoding"):
+                    "forwarded", "transfer-encoding", "proxy"):
         assert dropped not in headers, dropped
 
 
