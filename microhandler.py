@@ -6383,29 +6383,6 @@ class ClientResponse:
         return f"<ClientResponse {self.status_code} {self.headers.get('Content-Type', '')!r}>"
 
 
-class _CaseInsensitiveDict(dict[str, str]):
-    """Response headers for tests: case-insensitive; a repeated header joins with ", "."""
-
-    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
-        super().__init__()
-        self._names: dict[str, str] = {}
-        for name, value in items:
-            key = name.lower()
-            if key in self._names:
-                value = f"{super().__getitem__(self._names[key])}, {value}"
-            self._names[key] = self._names.get(key, name)
-            super().__setitem__(self._names[key], value)
-
-    def __getitem__(self, name: str) -> str:
-        return super().__getitem__(self._names[name.lower()])
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._names
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self[name] if name in self else default  # noqa: SIM401 (case-insensitive)
-
-
 def _encode_multipart(data: Mapping[str, Any], files: Mapping[str, Any]) -> tuple[bytes, str]:
     import uuid
     boundary = f"----microhandler{uuid.uuid4().hex}"
