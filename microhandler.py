@@ -4103,8 +4103,9 @@ def _call_in_worker(function: Callable[..., Any], args: tuple[Any, ...],
 async def _to_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run sync code off the loop with the caller's context: on the thread waiting for
     this coroutine if there is one, else in the loop's pool. Cancelled (the client left),
-    the call still runs to its end: the coroutines it waits for are cancelled, and a
-    response it returns late is closed."""
+    the coroutines the call waits for are cancelled and the call is waited for, since a
+    thread cannot be stopped: only then are uploads, streams and connections closed under
+    it. A response it returns late is closed."""
     import asyncio
     import contextvars
     loop = asyncio.get_running_loop()
@@ -4123,6 +4124,7 @@ async def _to_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) ->
         for future in awaited:
             future.cancel()
         running.add_done_callback(_close_late_response)
+        await asyncio.wait((running,))
         raise
 
 
@@ -5269,7 +5271,7 @@ class ASGIHandler:
                                 "more_body": True})
             else:
                 chunks = iter(response.streaming_content)  # type: ignore[attr-defined]
-                while (chunk := await _next_in_thread(chunks)) is not None:
+                while (chunk := await _to_thread(next, chunks, None)) is not None:
                     await send({"type": "http.response.body", "body": chunk,
                                 "more_body": True})
             if watch is None or not watch.gone:
@@ -5347,21 +5349,6 @@ class ASGIHandler:
             request.close()
             if socket.state != "closed":
                 await socket.close()
-
-
-async def _next_in_thread(chunks: Iterator[bytes]) -> bytes | None:
-    """The next chunk of a sync iterator, made in the thread pool. Cancelled, it still
-    waits for the chunk being made, so that close() then finds the generator idle."""
-    import asyncio
-    import contextvars
-    context = contextvars.copy_context()
-    making = asyncio.get_running_loop().run_in_executor(
-        None, lambda: context.run(next, chunks, None))
-    try:
-        return await asyncio.shield(making)
-    except asyncio.CancelledError:
-        await asyncio.wait((making,))
-        raise
 
 
 async def _run_started(coroutine: Any, waiting_on: Any) -> Any:
