@@ -5078,7 +5078,7 @@ class WebSocket:
         message = await self.receive()
         try:
             return json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past Python's limit: bad data too
             await self.close(1007)  # RFC 6455: data not consistent with the message type
             raise WebSocketDisconnect(1007, "invalid JSON") from None
 

@@ -15989,3 +15989,24 @@ def test_describe_says_which_journey_each_built_chain_takes() -> None:
     assert "WSGI: the journey's shortcut" in plain.describe()
     assert "ASGI: the journey's shortcut" in plain.describe()
     assert "WSGI: the full journey; ASGI: the full journey" in hooked.describe()
+
+
+def test_websocket_json_nested_past_the_limit_is_closed_1007() -> None:
+    """A client's JSON nested deeper than Python parses is bad data (1007), not a crash of
+    the handler (1011)."""
+    codes: list[int] = []
+    app = App()
+
+    @app.websocket("/json")
+    async def echo(ws):
+        await ws.accept()
+        try:
+            await ws.receive_json()
+        except mh.WebSocketDisconnect as exc:
+            codes.append(exc.code)
+            raise
+    with Client(app).websocket("/json") as ws:
+        ws.send_text("[" * 100_000)
+        with pytest.raises(mh.WebSocketDisconnect) as closed:
+            ws.receive()
+    assert closed.value.code == 1007 and codes == [1007]
