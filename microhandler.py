@@ -300,6 +300,12 @@ class QueryDict(MultiDict):
 
     def __init__(self, query: str | bytes | Iterable[tuple[str, str]] | None = None,
                  *, mutable: bool = False, encoding: str = "utf-8") -> None:
+        if type(query) is str and encoding == "utf-8" and _is_plain_query(query):
+            # PERF: a query with nothing to decode goes straight into the lists, without
+            # the pairs in between (half the cost of request.GET).
+            self._lists = _split_plain_query(query)
+            self._mutable = mutable
+            return
         if query is None:
             query = ()
         elif isinstance(query, (str, bytes)):
@@ -317,10 +323,27 @@ def _decode_form_component(raw: bytes, encoding: str) -> str:
     return unquote_to_bytes(raw.replace(b"+", b" ")).decode(encoding, "replace")
 
 
+def _is_plain_query(query: str) -> bool:
+    """True when a query string has nothing to decode: ASCII without escapes or `+`."""
+    return query.isascii() and "%" not in query and "+" not in query
+
+
+def _split_plain_query(query: str) -> dict[str, list[str]]:
+    lists: dict[str, list[str]] = {}
+    for field in query.split("&"):
+        if field:
+            key, _, value = field.partition("=")
+            if key in lists:
+                lists[key].append(value)
+            else:
+                lists[key] = [value]
+    return lists
+
+
 def parse_query_string(query: str | bytes, encoding: str = "utf-8") -> list[tuple[str, str]]:
     """Parse `a=1&b=&c` leniently: `&` alone separates, bad escapes decode with replacement."""
     if isinstance(query, str):
-        if encoding == "utf-8" and query.isascii() and "%" not in query and "+" not in query:
+        if encoding == "utf-8" and _is_plain_query(query):
             # PERF: the usual query has nothing to decode: split it as it is.
             return [(key, value) for key, _, value in
                     (field.partition("=") for field in query.split("&") if field)]
@@ -543,13 +566,14 @@ def _parse_cookie(header: str) -> dict[str, str]:
     Pass the header as text (the WSGI value re-encoded as latin-1 and decoded as UTF-8).
     """
     compact = header.replace("; ", ";")
-    if " " not in compact and header.isprintable():
-        # PERF: what browsers send, pairs joined by "; ": nothing to strip or to refuse.
+    if " " not in compact and '"' not in compact and header.isprintable():
+        # PERF: what browsers send, pairs joined by "; ": nothing to strip, unquote or
+        # refuse. setdefault: a repeated name keeps its first value, as below.
         cookies: dict[str, str] = {}
         for pair in compact.split(";"):
             name, sep, value = pair.partition("=")
-            if sep and name and name not in cookies:
-                cookies[name] = _unquote_cookie(value) if value[:1] == '"' else value
+            if sep and name:
+                cookies.setdefault(name, value)
         return cookies
     return _parse_cookie_leniently(header)
 
