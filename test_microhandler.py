@@ -16010,3 +16010,32 @@ def test_websocket_json_nested_past_the_limit_is_closed_1007() -> None:
         with pytest.raises(mh.WebSocketDisconnect) as closed:
             ws.receive()
     assert closed.value.code == 1007 and codes == [1007]
+
+
+# ---------------------------------------------------------------- issue 15: fast paths agree
+
+@settings(max_examples=300, deadline=None)
+@given(tail=st.text(alphabet="0123456789²٣/a-%\n ", max_size=8),
+       pattern=st.sampled_from(["/r/<int:id>", "/r/<id>", "/r/<str:id>", "/r/x<int:id>"]),
+       prefix=st.sampled_from(["/r/", "/r/x", "/R/", "/r", ""]))
+def test_a_tail_matcher_agrees_with_its_route_regex(tail: str, pattern: str,
+                                                   prefix: str) -> None:
+    """A route ending in its only placeholder matches by slicing, not by its regex: both
+    must accept the same paths and give the same values."""
+    route = mh.Route(pattern, lambda request, id: "ok")
+    path = prefix + tail
+    expected = route.regex.fullmatch(path)
+    found = route.match(path)
+    if expected is None:
+        assert found is None
+    else:
+        value = expected.group("id")
+        assert found == ((), {"id": int(value) if "int:" in pattern else value})
+
+
+@settings(max_examples=300, deadline=None)
+@given(query=st.text(alphabet="ab=&%+é1 ", max_size=14))
+def test_a_plain_query_parses_as_the_general_parser_does(query: str) -> None:
+    """QueryDict's shortcut for a query with nothing to decode builds what the pairs from
+    parse_query_string build."""
+    assert QueryDict(query)._lists == mh.MultiDict(mh.parse_query_string(query))._lists
