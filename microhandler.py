@@ -1,6 +1,7 @@
 """microhandler: a one-file WSGI and ASGI micro-framework with Django's request handler at
 its heart. Read it top to bottom, a section a line:
 
+- lazy imports: patterns compiled, and urllib.parse imported, on first use;
 - exceptions: HttpError and its family, the configuration errors;
 - data structures: MultiDict, QueryDict, Headers;
 - signals: request_started, request_finished, got_request_exception;
@@ -100,7 +101,8 @@ __all__ = [
 # PERF: `import microhandler` must stay cheap (issue 15: a fifth of Bottle's). Importing `re`,
 # `urllib.parse` and `contextlib` and compiling some forty patterns took over half of it,
 # for parsers, servers and batteries a given app may never use. So no module-level code
-# needs them: patterns are compiled on first use, urllib.parse is imported on first call.
+# needs them: patterns are compiled on first use, urllib.parse is imported by the first
+# quote() or urlsplit(), and unquote_to_bytes, which the query parser calls, is our own.
 
 class _LazyRegex:
     """A pattern compiled by its first use, not at import.
