@@ -125,8 +125,9 @@ class _LazyRegex:
         for method in self._METHODS:
             setattr(self, method, getattr(compiled, method))
         module = globals()
-        for key in [key for key, value in module.items() if value is self]:
-            module[key] = compiled
+        for key, value in list(module.items()):  # list(): one step, whatever other threads do
+            if value is self:
+                module[key] = compiled
         return getattr(compiled, name)
 
     def __repr__(self) -> str:
