@@ -1,6 +1,7 @@
 """microhandler: a one-file WSGI and ASGI micro-framework with Django's request handler at
 its heart. Read it top to bottom, a section a line:
 
+- lazy imports: patterns compiled, and urllib.parse imported, on first use;
 - exceptions: HttpError and its family, the configuration errors;
 - data structures: MultiDict, QueryDict, Headers;
 - signals: request_started, request_finished, got_request_exception;
@@ -26,13 +27,13 @@ waitress, uvicorn and jinja2 are optional and imported inside the functions that
 from __future__ import annotations
 
 import _thread
-import contextlib
 import io
-import operator
 import os
-import re
 import sys
-from collections.abc import (
+
+# PERF: collections.abc re-exports these from _collections_abc, and importing it also runs
+# collections/__init__ (deque, namedtuple, OrderedDict...: ~2 ms) that microhandler never uses.
+from _collections_abc import (
     AsyncIterator,
     Awaitable,
     Callable,
@@ -44,16 +45,16 @@ from collections.abc import (
     Sequence,
 )
 from contextvars import ContextVar
-from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 # Checkers (mypy, pyright) read this name as True. Not `from typing import TYPE_CHECKING`:
 # that would import typing, milliseconds of import time, for type checkers only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    import re
     import socket
     import subprocess
-    from typing import IO, Any, TypeVar
+    from typing import IO, Any, AnyStr, TypeVar
 
     _StrMapping = Mapping[str, Any]
     _HeaderMapping = Mapping[str, str]
@@ -93,6 +94,85 @@ __all__ = [
     "mark_safe", "markcoroutinefunction", "non_atomic_requests", "parse_query_string", "proxy",
     "redirect", "request_finished", "request_started", "route", "serve", "static",
 ]
+
+
+# ---------------------------------------------------------------- lazy imports
+
+# PERF: `import microhandler` must stay cheap (issue 15: a fifth of Bottle's). Importing `re`,
+# `urllib.parse` and `contextlib` and compiling some forty patterns took over half of it,
+# for parsers, servers and batteries a given app may never use. So no module-level code
+# needs them: patterns are compiled on first use, urllib.parse is imported by the first
+# quote() or urlsplit(), and unquote_to_bytes, which the query parser calls, is our own.
+
+class _LazyRegex:
+    """A pattern compiled by its first use, not at import.
+
+    The first attribute asked for compiles the pattern and rebinds the module-level name
+    that held this object to the compiled pattern: from then on `_NAME.match(...)` costs
+    exactly what it cost with a pattern compiled at import (a lookup through this object
+    would add ~15%). A holder other than a module-level name gets the compiled pattern's
+    methods, stored on this object. Flags are written inline (`(?s)`, `(?i)`, `(?x)`), so
+    that building one needs no `re` either."""
+
+    _METHODS = ("match", "fullmatch", "search", "finditer", "findall", "sub", "split")
+
+    def __init__(self, pattern: str | bytes) -> None:
+        self.pattern = pattern
+
+    def __getattr__(self, name: str) -> Any:
+        import re
+        compiled = re.compile(self.pattern)
+        for method in self._METHODS:
+            setattr(self, method, getattr(compiled, method))
+        module = globals()
+        for key, value in list(module.items()):  # list(): one step, whatever other threads do
+            if value is self:
+                module[key] = compiled
+        return getattr(compiled, name)
+
+    def __repr__(self) -> str:
+        return f"<_LazyRegex {self.pattern!r}>"
+
+
+if TYPE_CHECKING:  # checkers see the compiled pattern that it stands for
+    def _lazy_regex(pattern: AnyStr) -> re.Pattern[AnyStr]: ...
+else:
+    _lazy_regex = _LazyRegex
+
+
+if TYPE_CHECKING:
+    from urllib.parse import quote, urlsplit
+else:
+    def quote(string, safe="/", encoding=None, errors=None):
+        """urllib.parse.quote, imported on first call."""
+        import urllib.parse
+        return urllib.parse.quote(string, safe, encoding, errors)
+
+    def urlsplit(url):
+        """urllib.parse.urlsplit, imported on first call."""
+        import urllib.parse
+        return urllib.parse.urlsplit(url)
+
+
+_HEX_TO_BYTE: dict[bytes, bytes] = {}   # b"2F" and b"2f": b"/"; filled on first use
+
+
+def unquote_to_bytes(string: str | bytes) -> bytes:
+    """urllib.parse.unquote_to_bytes: each %XX is the byte; a bad escape is kept as it is."""
+    if isinstance(string, str):
+        string = string.encode("utf-8")
+    pieces = string.split(b"%")
+    if len(pieces) == 1:
+        return string
+    if not _HEX_TO_BYTE:
+        digits = "0123456789ABCDEFabcdef"
+        _HEX_TO_BYTE.update({(a + b).encode(): bytes.fromhex(a + b)
+                             for a in digits for b in digits})
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        byte = _HEX_TO_BYTE.get(piece[:2])
+        out += (b"%", piece) if byte is None else (byte, piece[2:])
+    return b"".join(out)
 
 
 # ---------------------------------------------------------------- exceptions
@@ -407,10 +487,10 @@ class Headers(_HeaderMapping):
 
 
 # RFC 9110 token: what a header name (and a header parameter's name) may be.
-_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_RE = _lazy_regex(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Control characters but tab: CR, LF and NUL would split the response; the others are
 # refused by servers (and wsgiref.validate) anyway.
-_HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HEADER_VALUE_CONTROL = _lazy_regex(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def check_header(name: str, value: str) -> tuple[str, str]:
@@ -481,7 +561,7 @@ got_request_exception = Signal("got_request_exception")
 
 # -- parsers: header parameters
 
-_QUOTE_OR_BACKSLASH_RE = re.compile(r'["\\]')
+_QUOTE_OR_BACKSLASH_RE = _lazy_regex(r'["\\]')
 
 
 def _parse_options_header(value: str) -> tuple[str, dict[str, str]]:
@@ -555,9 +635,9 @@ def _scan_quoted(text: str, pos: int) -> tuple[str, int] | None:
 # -- parsers: cookies
 
 _COOKIE_SPACE = " \t\r\n\x0b\x0c"
-_COOKIE_BAD_NAME_RE = re.compile(r"[\x00-\x1f\x7f]")
-_COOKIE_ESCAPE_BYTES_RE = re.compile(rb"\\([0-3][0-7]{2}|.)", re.DOTALL)
-_COOKIE_ESCAPE_TEXT_RE = re.compile(r"\\([0-3][0-7]{2}|.)", re.DOTALL)
+_COOKIE_BAD_NAME_RE = _lazy_regex(r"[\x00-\x1f\x7f]")
+_COOKIE_ESCAPE_BYTES_RE = _lazy_regex(rb"(?s)\\([0-3][0-7]{2}|.)")
+_COOKIE_ESCAPE_TEXT_RE = _lazy_regex(r"(?s)\\([0-3][0-7]{2}|.)")
 
 
 def _parse_cookie(header: str) -> dict[str, str]:
@@ -724,8 +804,8 @@ _MULTIPART_MAX_HEADER_LINES = 32
 _MULTIPART_MAX_PREAMBLE = 64 * 1024
 _MULTIPART_MAX_EPILOGUE = 64 * 1024
 # RFC 2046 5.1.1: 1 to 70 of these characters, the last one not a space.
-_BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
-_HEADER_VALUE_BAD_RE = re.compile(r"[\x00\r\n]")
+_BOUNDARY_RE = _lazy_regex(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_HEADER_VALUE_BAD_RE = _lazy_regex(r"[\x00\r\n]")
 _TRUNCATED = "Multipart body ends before its closing boundary."
 # Codecs that are not character sets a form may use, or are slow or unsafe to decode.
 _REFUSED_CHARSETS = frozenset(
@@ -1092,7 +1172,7 @@ _URI_SAFE = "/#%[]=:;$&()+,!?*@'~"
 # labels spelled out: a domain name or IPv4 address (no empty label, one optional trailing
 # dot) or a bracketed IPv6 literal, then an optional port. Labels are separated by a
 # required dot, so matching is linear.
-_HOST_SYNTAX = re.compile(
+_HOST_SYNTAX = _lazy_regex(
     r"((?:[a-z0-9-]+\.)*[a-z0-9-]+\.?|\[[a-f0-9]*:[a-f0-9.:]+\])(?::[0-9]{1,5})?")
 _MISSING: Any = object()
 
@@ -1108,13 +1188,13 @@ def _host_is_allowed(domain: str, allowed_hosts: Iterable[str]) -> bool:
     return False
 
 
-_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
-_FORM_FIELD = re.compile(rb"[^&]+")
+_DOT_SEGMENT = _lazy_regex(r"(?:^|/)\.\.?(?:/|$)")
+_FORM_FIELD = _lazy_regex(rb"[^&]+")
 _UTF_LABELS = frozenset({"utf-8", "utf8", "utf-16", "utf-16le", "utf-16be", "utf-32",
                          "utf-32le", "utf-32be"})
 
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = _lazy_regex(r"\\u[dD][89a-fA-F]")
 # First bytes of a JSON text that can only be UTF-8 (json.detect_encoding's answer): no BOM
 # (EF, FE, FF) and no zero byte, which UTF-16 and UTF-32 have in their first two bytes.
 _JSON_UTF8_STARTS = frozenset(bytes((byte,)) for byte in b"{[\"-0123456789tfn \t\r\n")
@@ -1565,7 +1645,7 @@ def _unsign_cookie(secret: bytes, name: str, signed: str, max_age: float | None)
 
 _DEFAULT_CONTENT_TYPE = ("Content-Type", "text/html; charset=utf-8")
 _JSON_CONTENT_TYPE = ("Content-Type", "application/json")
-_CHARSET_PARAM = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
+_CHARSET_PARAM = _lazy_regex(r"(?i)charset=\"?([\w.:-]+)")
 
 
 def _charset_of(content_type: str) -> str:
@@ -1858,7 +1938,7 @@ def _cookie_expires(expires: Any) -> str:
     return _http_date(float(expires))
 
 
-_COOKIE_PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~:]*")
+_COOKIE_PLAIN = _lazy_regex(r"[A-Za-z0-9!#$%&'*+\-.^_`|~:]*")
 
 
 def _quote_cookie_value(value: str) -> str:
@@ -2041,7 +2121,7 @@ def _content_disposition(filename: str, disposition: str) -> str:
     return f"{disposition}; filename=\"{ascii_name or 'download'}\"; filename*=UTF-8''{quoted}"
 
 
-_REDIRECT_IGNORED = re.compile(r"[\t\r\n]")
+_REDIRECT_IGNORED = _lazy_regex(r"[\t\r\n]")
 
 
 def _url_scheme(url: str) -> str:
@@ -2392,20 +2472,21 @@ def _compile_filters(evaluate: _Eval, filters: list[_Filter], origin: _TemplateO
 
 # -- templates: expressions
 
-_EXPRESSION_TOKEN = re.compile(r"""
+_EXPRESSION_TOKEN = _lazy_regex(r"""(?xs)
     \s*(?:
         (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
       | (?P<number>-?[0-9]+(?:\.[0-9]+)?)
       | (?P<name>[^\W\d]\w*(?:\.\w+)*)
       | (?P<op>==|!=|<=|>=|[<>()|:,])
-    )""", re.VERBOSE | re.DOTALL)
+    )""")
 
 _WORD_OPERATORS = frozenset({"and", "or", "not", "in", "is"})
 _CONSTANTS: dict[str, Any] = {"True": True, "False": False, "None": None}
 _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
-    "<=": operator.le, ">=": operator.ge, "in": lambda a, b: a in b,
-    "not in": lambda a, b: a not in b, "is": operator.is_, "is not": operator.is_not,
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b,
+    "in": lambda a, b: a in b, "not in": lambda a, b: a not in b,
+    "is": lambda a, b: a is b, "is not": lambda a, b: a is not b,
 }
 
 
@@ -2429,9 +2510,12 @@ def _lex_expression(text: str, origin: _TemplateOrigin) -> list[tuple[str, str]]
     return tokens
 
 
+_BACKSLASH_ESCAPE = _lazy_regex(r"(?s)\\(.)")
+
+
 def _unquote_literal(literal: str) -> str:
     # Inside quotes a backslash only protects the next character (\" \' \\).
-    return re.sub(r"\\(.)", r"\1", literal[1:-1], flags=re.DOTALL)
+    return _BACKSLASH_ESCAPE.sub(r"\1", literal[1:-1])
 
 
 def _compare(op: str, left: _Eval, right: _Eval, origin: _TemplateOrigin, strict: bool) -> _Eval:
@@ -2725,7 +2809,7 @@ class _TemplateTag(_TemplateOrigin):
         self.name, self.args = ([*content.split(None, 1), "", ""])[:2]
 
 
-_TAG_OPENER = re.compile(r"\{[{%#]")
+_TAG_OPENER = _lazy_regex(r"\{[{%#]")
 _TAG_CLOSERS = {"{{": "}}", "{%": "%}", "{#": "#}"}
 # Tags that only make sense inside a block, with the tag that opens that block.
 _INNER_TAGS = {"elif": "if", "else": "if' or 'for", "endif": "if", "empty": "for",
@@ -3053,11 +3137,11 @@ class _Converter:
         # PERF: the same test as `regex` without the regex engine, for the routes that end
         # in their only placeholder ("/users/<int:id>"): see Route._make_tail_matcher.
         self.fits = fits
-        self._fullmatch = re.compile(regex).fullmatch
+        self._pattern = _lazy_regex(regex)
 
     def to_url(self, value: Any) -> str:
         text = str(value)
-        if self._fullmatch(text) is None:
+        if self._pattern.fullmatch(text) is None:
             raise ValueError(text)
         return quote(text, safe=self.safe)
 
@@ -3091,7 +3175,7 @@ _CONVERTERS: dict[str, _Converter] = {
     "uuid": _Converter(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                        r"[0-9a-fA-F]{12}", _to_uuid),
 }
-_PLACEHOLDER = re.compile(r"<(?:(?P<converter>[A-Za-z_]\w*):)?(?P<name>[A-Za-z_]\w*)>")
+_PLACEHOLDER = _lazy_regex(r"<(?:(?P<converter>[A-Za-z_]\w*):)?(?P<name>[A-Za-z_]\w*)>")
 # Every HTTP method a view with methods=None accepts; OPTIONS is answered for it.
 _ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # A WebSocket route's only "method": not an HTTP token (":"), so no HTTP request has it.
@@ -3154,6 +3238,7 @@ class Route:
         return frozenset(upper)
 
     def _compile_regex(self, pattern: str) -> None:
+        import re
         try:
             regex = re.compile(pattern)
         except re.error as exc:
@@ -3163,6 +3248,7 @@ class Route:
         self._positional = not regex.groupindex
 
     def _compile_template(self, pattern: str) -> None:
+        import re
         if not pattern.startswith("/"):
             raise ImproperlyConfigured(f"Route {pattern!r} must start with '/' (or '^')")
         regex, position = [], 0
@@ -3292,11 +3378,12 @@ class Route:
         return f"<Route {self.pattern!r} -> {getattr(self.view, '__name__', self.view)!r}>"
 
 
-_REGEX_GROUP = re.compile(r"\((?:\?P<(\w+)>)?([^()]*)\)")
+_REGEX_GROUP = _lazy_regex(r"\((?:\?P<(\w+)>)?([^()]*)\)")
 
 
 def _reverse_regex(route: Route, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
     """Reverse a raw-regex route when it is literal text around simple groups."""
+    import re
     pattern = route.pattern[1:]
     if pattern.endswith("$"):
         pattern = pattern[:-1]
@@ -3324,6 +3411,7 @@ def _reverse_regex(route: Route, args: Sequence[Any], kwargs: Mapping[str, Any])
 
 
 def _regex_literal(text: str) -> str | None:
+    import re
     if re.search(r"(?<!\\)[.*+?\[\]{}|^$]", text):
         return None
     return re.sub(r"\\(.)", r"\1", text)
@@ -3347,6 +3435,7 @@ def route(pattern: str, view: Callable[..., Any], methods: Iterable[str] | None 
 
 def include(prefix: str, routes: Iterable[Route | Iterable[Route]]) -> list[Route]:
     """The routes with `prefix` put in front of their patterns; an item of a routes list."""
+    import re
     prefix = prefix.rstrip("/")
     included = []
     for item in _flatten_routes(routes):
@@ -3585,7 +3674,7 @@ def _parse_http_date(value: str) -> float | None:
         return None
 
 
-_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
+_RANGE = _lazy_regex(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
 
 
 def _requested_range(environ: Mapping[str, Any], etag: str, size: int) -> range | None:
@@ -3633,7 +3722,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {"proxy", "trailers"}
 # server's to answer; the client's own Forwarded and X-Forwarded-* are not trusted (SPEC).
 _SET_BY_PROXY = frozenset({"host", "content-length", "expect", "forwarded", "x-forwarded-for",
                            "x-forwarded-proto", "x-forwarded-host"})
-_OBS_FOLD = re.compile(r"\r?\n[ \t]+")
+_OBS_FOLD = _lazy_regex(r"\r?\n[ \t]+")
 
 
 class _ForwardingRoute(Route):
@@ -3708,6 +3797,7 @@ def proxy(prefix: str, upstream: str, *, timeout: float = 30,
     """A route forwarding every request under `prefix` to `upstream` (an http:// or https://
     URL whose path is kept in front) and streaming its answer back: 502 when the upstream
     cannot be reached, 504 when it is silent for `timeout` seconds."""
+    import re
     if not prefix.startswith("/"):
         raise ImproperlyConfigured(f"proxy prefix {prefix!r} must start with '/'")
     target = _Upstream(upstream, timeout)
@@ -5909,7 +5999,7 @@ def _template_context(request: Request) -> dict[str, Any]:
 _CSRF_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _CSRF_INDEX = {char: index for index, char in enumerate(_CSRF_CHARS)}
 # What a client sends: the secret itself (32) or masked (64), as Django accepts both.
-_CSRF_TOKEN = re.compile(r"[A-Za-z0-9]{32}(?:[A-Za-z0-9]{32})?")
+_CSRF_TOKEN = _lazy_regex(r"[A-Za-z0-9]{32}(?:[A-Za-z0-9]{32})?")
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 _CSRF_COOKIE_AGE = 52 * 7 * 24 * 3600  # Django's: a year, so an open form stays valid
 # Set by the test Client unless Client(enforce_csrf_checks=True), as Django's does.
@@ -6151,7 +6241,7 @@ _COMPRESSIBLE_TYPES = frozenset(("application/json", "application/javascript",
                                  "application/ecmascript", "application/xml",
                                  "application/wasm", "image/svg+xml"))
 # RFC 9110 12.5.3: codings [ OWS ";" OWS "q=" qvalue ], qvalue 0 to 1 with 3 decimals.
-_ACCEPT_CODING = re.compile(r"[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*"
+_ACCEPT_CODING = _lazy_regex(r"[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]*"
                             r"(?:;[ \t]*[qQ]=(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)[ \t]*)?")
 
 
@@ -6258,7 +6348,7 @@ class GZipMiddleware(_MiddlewareMixin):
 
 # -- batteries: conditional GET
 
-_ETAG = re.compile(r'(W/)?("[^"]*")')
+_ETAG = _lazy_regex(r'(W/)?("[^"]*")')
 # What a 304 keeps of the 200 it replaces (RFC 9110 15.4.5).
 _NOT_MODIFIED_HEADERS = ("Cache-Control", "Content-Location", "Date", "ETag", "Expires",
                          "Last-Modified", "Vary")
@@ -6924,16 +7014,16 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # byte (\x85, \xa0, \x0b, \x1c...) separates the parts, so a proxy and this server cannot
 # read two different targets out of one line. A target's raw non-ASCII bytes are kept
 # (PEP 3333 hands them on as latin-1); controls, spaces and DEL are not URI characters.
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e\x80-\xff]+) (HTTP/[0-9]\.[0-9])")
+_REQUEST_LINE = _lazy_regex(rb"(" + _TOKEN + rb") ([\x21-\x7e\x80-\xff]+) (HTTP/[0-9]\.[0-9])")
 _SERVED_VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
 # field-line = field-name ":" OWS field-value OWS. A bare CR or LF, NUL or another control
 # character, a space before the colon or a folded line (obs-fold) is read differently by
 # different parsers, which is how a request is smuggled past a proxy: all are refused.
-_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([^\x00-\x08\x0a-\x1f\x7f]*)")
+_FIELD_LINE = _lazy_regex(rb"(" + _TOKEN + rb"):([^\x00-\x08\x0a-\x1f\x7f]*)")
 # absolute-form: served by its path; its authority replaces Host (RFC 9112 3.2.2).
-_ABSOLUTE_TARGET = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][^#]*)?(?:#.*)?")
-_HOST_VALUE = re.compile(rb"[0-9A-Za-z\-._~%!$&'()*+,;=:\[\]]*")
-_HOST_TEXT = re.compile(_HOST_VALUE.pattern.decode())
+_ABSOLUTE_TARGET = _lazy_regex(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][^#]*)?(?:#.*)?")
+_HOST_VALUE = _lazy_regex(rb"[0-9A-Za-z\-._~%!$&'()*+,;=:\[\]]*")
+_HOST_TEXT = _lazy_regex(_HOST_VALUE.pattern.decode())
 
 
 class _Refusal(Exception):
@@ -7086,7 +7176,7 @@ _TRAILER_LINE_LIMIT = 32
 # BWS ( token / quoted-string ) ] ). The extensions are ignored but checked: a CR or NUL in
 # one is read differently by a proxy. Nothing else (no trailing space) may follow the size.
 _QUOTED_STRING = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"'
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN
+_CHUNK_SIZE = _lazy_regex(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN
                          + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?)*")
 
 
@@ -7280,7 +7370,7 @@ class _ChunkedBody(_RequestBody):
 
 _SINGLE_FIELDS = frozenset({"HTTP_HOST", "CONTENT_TYPE"})   # given twice: 400
 _FIELD_KEYS: dict[bytes, str | None] = {}   # b"user-agent" -> "HTTP_USER_AGENT"
-_LENGTH_TEXT = re.compile(r"[0-9]{1,18}")
+_LENGTH_TEXT = _lazy_regex(r"[0-9]{1,18}")
 
 
 def _field_key(name: bytes) -> str | None:
@@ -7412,9 +7502,9 @@ class _FileWrapper:
 
 # -- servers: running the app for one request
 
-_STATUS_TEXT = re.compile(r"[1-9][0-9][0-9] [^\x00-\x1f\x7f]*")
-_RESPONSE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_RESPONSE_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_STATUS_TEXT = _lazy_regex(r"[1-9][0-9][0-9] [^\x00-\x1f\x7f]*")
+_RESPONSE_NAME = _lazy_regex(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_RESPONSE_VALUE_BAD = _lazy_regex(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SERVER_SOFTWARE = f"microhandler Python/{sys.version.split(' ', 1)[0]}"
 _date_cache: list[Any] = [0, ""]
 
@@ -7713,9 +7803,11 @@ class _Connection:
         body = f"{status} {phrase}: {reason}\n".encode()
         head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 f"Content-Length: {len(body)}\r\n{_date_header()}Connection: close\r\n\r\n")
-        with contextlib.suppress(OSError):
+        try:
             self.sock.settimeout(_IO_TIMEOUT)
             self.sock.sendall(head.encode("latin-1") + body)
+        except OSError:
+            pass
 
     def _refuse(self, status: int, reason: str) -> None:
         self.send_error_response(status, reason)
@@ -7853,8 +7945,10 @@ class _BuiltinServer(_ServerAdapter):
                     del self._idle[oldest]
                     self._evicting += 1
                     oldest.evicted = True
-                    with contextlib.suppress(OSError):
+                    try:
                         oldest.sock.shutdown(socket.SHUT_RDWR)   # wakes its thread: it closes
+                    except OSError:
+                        pass
                 else:   # the new client waits in the listen backlog until a connection ends
                     self._connections.wait(_ACCEPT_POLL)
             return not self._stopping
@@ -7920,8 +8014,10 @@ class _BuiltinServer(_ServerAdapter):
             self.closing = True
             idle, self._idle = list(self._idle), {}
         for connection in idle:
-            with contextlib.suppress(OSError):
+            try:
                 connection.sock.shutdown(socket.SHUT_RDWR)   # wakes the thread waiting
+            except OSError:
+                pass
         with self._connections:
             self._connections.wait_for(lambda: self._busy == 0, timeout=_GRACE_SECONDS)
 
@@ -7953,8 +8049,10 @@ class _WaitressServer(_ServerAdapter):
         self._waitress.run()   # returns once the socket map is empty
 
     def _stop_loop(self) -> None:
-        with contextlib.suppress(OSError):
+        try:
             self._wake.pull_trigger(self._close_sockets)
+        except OSError:
+            pass
 
     def _close_sockets(self) -> None:
         with self._sockets_lock:
@@ -8097,23 +8195,29 @@ class _StopFlag:
         self.stop = True
 
 
-@contextlib.contextmanager
-def _stop_on_signals(flag: _StopFlag) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to `flag` (main thread only), restoring the old handlers."""
-    import signal
-    import threading
-    if threading.current_thread() is not threading.main_thread():
-        yield   # signal handlers can only be set from the main thread
-        return
-    previous: dict[signal.Signals, Any] = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
-            continue   # started with Ctrl-C ignored (nohup, a background job): keep it so
-        previous[signum] = signal.signal(signum, flag)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
+class _StopOnSignals:
+    """Route SIGINT and SIGTERM to `flag` (main thread only), restoring the old handlers.
+
+    A class, not a @contextlib.contextmanager: the decorator would import contextlib (and
+    with it collections and functools) when microhandler is imported."""
+
+    def __init__(self, flag: _StopFlag) -> None:
+        self.flag = flag
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return   # signal handlers can only be set from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                continue   # started with Ctrl-C ignored (nohup, a background job): keep it so
+            self.previous[signum] = signal.signal(signum, self.flag)
+
+    def __exit__(self, *exc_info: object) -> None:
+        import signal
+        for signum, handler in self.previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
@@ -8146,7 +8250,7 @@ def _serve_until_stopped(httpd: _ServerAdapter, *, watch_parent: bool) -> None:
     worker = threading.Thread(target=run, name="microhandler-serve", daemon=True)
     flag = _StopFlag()
     parent = os.getppid() if watch_parent else None
-    with _stop_on_signals(flag):
+    with _StopOnSignals(flag):
         worker.start()
         try:
             while worker.is_alive() and not flag.stop:
@@ -8220,7 +8324,7 @@ class _Reloader:
     def run(self) -> int:
         """Watch until SIGINT/SIGTERM; the exit status for the process."""
         flag = _StopFlag()
-        with _stop_on_signals(flag):
+        with _StopOnSignals(flag):
             try:
                 return self._watch(flag)
             except KeyboardInterrupt:
@@ -8301,7 +8405,7 @@ def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
 
 # -- servers: the command line
 
-_APP_TARGET = re.compile(r"(?P<module>[^\W\d][\w.]*)(?::(?P<attr>[^\W\d][\w.]*)(?P<call>\(\))?)?")
+_APP_TARGET = _lazy_regex(r"(?P<module>[^\W\d][\w.]*)(?::(?P<attr>[^\W\d][\w.]*)(?P<call>\(\))?)?")
 
 
 class _AppLoadError(Exception):

@@ -16039,3 +16039,35 @@ def test_a_plain_query_parses_as_the_general_parser_does(query: str) -> None:
     """QueryDict's shortcut for a query with nothing to decode builds what the pairs from
     parse_query_string build."""
     assert QueryDict(query)._lists == mh.MultiDict(mh.parse_query_string(query))._lists
+
+
+def test_import_leaves_re_urllib_and_collections_unloaded() -> None:
+    # Issue 15's import budget, checked structurally: patterns compile on first use and
+    # urllib.parse loads on first call, so a bare import needs none of these.
+    heavy = ["re", "urllib.parse", "contextlib", "collections", "functools", "enum",
+             "operator", "ipaddress"]
+    code = ("import sys, microhandler; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_lazy_regex_compiles_on_first_use_and_rebinds_its_name() -> None:
+    code = ("import re, microhandler as mh; "
+            "assert type(mh._TOKEN_RE) is mh._LazyRegex; "
+            "assert mh._TOKEN_RE.fullmatch('Content-Type'); "
+            "assert isinstance(mh._TOKEN_RE, re.Pattern); "
+            "assert mh._CHARSET_PARAM.search('text/plain; CHARSET=latin-1').group(1) "
+            "== 'latin-1'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("raw", [b"", b"plain", b"a%20b", b"%C3%A9t%C3%A9", b"100%", b"%4",
+                                 b"%zz%41", b"%%41", b"a%2fb%2Fc", "caf%C3%A9", "é%41", "%"])
+def test_unquote_to_bytes_matches_urllib(raw: str | bytes) -> None:
+    from urllib.parse import unquote_to_bytes
+    assert mh.unquote_to_bytes(raw) == unquote_to_bytes(raw)
