@@ -574,12 +574,12 @@ def _parse_options_header(value: str) -> tuple[str, dict[str, str]]:
     """
     end = value.find(";")
     if end < 0:
-        return value.strip().lower(), {}
+        return value.strip(" \t").lower(), {}
     params: dict[str, str] = {}
     pos = end + 1
     while pos < len(value):
         pos = _parse_param(value, pos, params)
-    return value[:end].strip().lower(), params
+    return value[:end].strip(" \t").lower(), params
 
 
 def _parse_param(text: str, pos: int, params: dict[str, str]) -> int:
@@ -590,7 +590,7 @@ def _parse_param(text: str, pos: int, params: dict[str, str]) -> int:
     eq = text.find("=", pos, stop)
     if eq < 0:
         return stop + 1
-    key = text[pos:eq].strip().lower()
+    key = text[pos:eq].strip(" \t").lower()
     start = eq + 1
     while start < stop and text[start] in " \t":
         start += 1
@@ -603,7 +603,7 @@ def _parse_param(text: str, pos: int, params: dict[str, str]) -> int:
         stop = text.find(";", after)
         stop = len(text) if stop < 0 else stop
     else:
-        val = text[start:stop].strip()
+        val = text[start:stop].strip(" \t")
     if _TOKEN_RE.fullmatch(key):
         params[key] = val
     return stop + 1
@@ -1119,14 +1119,7 @@ class LimitedStream:
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
-            # With a known length, one read usually brings it all.
-            first = self.read(65536 if self._remaining is None else self._remaining)
-            if not first or self._remaining == 0:
-                return first
-            parts = [first]
-            while chunk := self.read(65536 if self._remaining is None else self._remaining):
-                parts.append(chunk)
-            return b"".join(parts)
+            return self._read_all()
         wanted = self._size_to_read(size)
         if wanted <= 0:
             return b""
@@ -1140,6 +1133,15 @@ class LimitedStream:
         if self._remaining is not None and len(data) == 0:
             raise BadRequest("The request body is shorter than its Content-Length")
         return self._account(data)
+
+    def _read_all(self) -> bytes:
+        parts = []
+        # With a known length, one read usually brings it all.
+        while chunk := self.read(65536 if self._remaining is None else self._remaining):
+            parts.append(chunk)
+            if self._remaining == 0:
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readline(self, size: int = -1) -> bytes:
         wanted = self._size_to_read(size if size is not None and size >= 0 else 65536)
@@ -1385,9 +1387,11 @@ class Request:
     def content_length(self) -> int | None:
         """The announced body size; None when absent. Malformed or negative: 400."""
         raw = self.environ.get("CONTENT_LENGTH", "")
-        if raw is None or raw.strip() == "":
+        if raw and raw.isdigit() and raw.isascii() and len(raw) <= 18:
+            return int(raw)  # PERF: the usual value, with nothing to strip
+        raw = "" if raw is None else raw.strip(" \t")
+        if not raw:
             return None
-        raw = raw.strip()
         if not raw.isdigit() or not raw.isascii() or len(raw) > 18:
             raise BadRequest("Malformed Content-Length header")
         return int(raw)
@@ -1424,11 +1428,35 @@ class Request:
     @_lazy
     def body(self) -> bytes:
         """The whole body; afterwards `stream` reads it again, from memory."""
+        if "stream" not in self.__dict__:
+            at_once = self._read_body_at_once()
+            if at_once is not None:
+                return at_once
         self._refuse_if_streamed("request.body")
         data: bytes = self.stream.read()
         # `stream` reads it again from memory: built when asked for (see `stream`).
         del self.__dict__["stream"]
         return data
+
+    def _read_body_at_once(self) -> bytes | None:
+        """A body of known length within max_body_size, in one read of the server's stream
+        (a short read goes on through a LimitedStream); None for the other bodies, which
+        `stream` bounds. PERF: without the stream object, a third of a JSON body's cost."""
+        length = self.content_length
+        source = self.environ.get("wsgi.input")
+        if length is None or source is None or length > self._max_body_size:
+            return None
+        if length == 0:
+            return b""
+        try:
+            data: bytes = source.read(length)
+        except HttpError:
+            raise
+        except Exception as exc:  # as LimitedStream.read: a client gone is a 400
+            raise BadRequest("The request body could not be read (client gone?)") from exc
+        if len(data) == length:
+            return data
+        return data + LimitedStream(source, length - len(data)).read()
 
     def _refuse_if_streamed(self, what: str) -> None:
         """RawPostDataException when bytes were taken from the server's stream other than
@@ -3657,7 +3685,7 @@ def _read_span(file: Any, length: int, block_size: int = 64 * 1024) -> Iterator[
 def _not_modified(environ: Mapping[str, Any], etag: str, mtime: float) -> bool:
     if_none_match = environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
-        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        tags = {tag.strip(" \t").removeprefix("W/") for tag in if_none_match.split(",")}
         return "*" in tags or etag in tags
     if_modified_since = environ.get("HTTP_IF_MODIFIED_SINCE")
     if if_modified_since:
@@ -3684,9 +3712,9 @@ def _requested_range(environ: Mapping[str, Any], etag: str, size: int) -> range 
     if not header:
         return None
     if_range = environ.get("HTTP_IF_RANGE")
-    if if_range is not None and if_range.strip() != etag:
+    if if_range is not None and if_range.strip(" \t") != etag:
         return None
-    match = _RANGE.fullmatch(header.strip().replace(" ", ""))
+    match = _RANGE.fullmatch(header.strip(" \t").replace(" ", ""))
     if match is None or (match.group(1) == "" and match.group(2) == ""):
         return None
     first, last = match.groups()
