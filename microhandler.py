@@ -380,12 +380,14 @@ class QueryDict(MultiDict):
 
     def __init__(self, query: str | bytes | Iterable[tuple[str, str]] | None = None,
                  *, mutable: bool = False, encoding: str = "utf-8") -> None:
-        if type(query) is str and encoding == "utf-8" and _is_plain_query(query):
+        if type(query) is str and encoding == "utf-8":
             # PERF: a query with nothing to decode goes straight into the lists, without
             # the pairs in between (half the cost of request.GET).
-            self._lists = _split_plain_query(query)
-            self._mutable = mutable
-            return
+            lists = _split_plain_query(query)
+            if lists is not None:
+                self._lists = lists
+                self._mutable = mutable
+                return
         if query is None:
             query = ()
         elif isinstance(query, (str, bytes)):
@@ -403,12 +405,11 @@ def _decode_form_component(raw: bytes, encoding: str) -> str:
     return unquote_to_bytes(raw.replace(b"+", b" ")).decode(encoding, "replace")
 
 
-def _is_plain_query(query: str) -> bool:
-    """True when a query string has nothing to decode: ASCII without escapes or `+`."""
-    return query.isascii() and "%" not in query and "+" not in query
-
-
-def _split_plain_query(query: str) -> dict[str, list[str]]:
+def _split_plain_query(query: str) -> dict[str, list[str]] | None:
+    """A QueryDict's lists for a query with nothing to decode (ASCII without escapes or
+    `+`); None for the others."""
+    if not query.isascii() or "%" in query or "+" in query:
+        return None
     lists: dict[str, list[str]] = {}
     for field in query.split("&"):
         if field:
@@ -423,7 +424,7 @@ def _split_plain_query(query: str) -> dict[str, list[str]]:
 def parse_query_string(query: str | bytes, encoding: str = "utf-8") -> list[tuple[str, str]]:
     """Parse `a=1&b=&c` leniently: `&` alone separates, bad escapes decode with replacement."""
     if isinstance(query, str):
-        if encoding == "utf-8" and _is_plain_query(query):
+        if encoding == "utf-8" and query.isascii() and "%" not in query and "+" not in query:
             # PERF: the usual query has nothing to decode: split it as it is.
             return [(key, value) for key, _, value in
                     (field.partition("=") for field in query.split("&") if field)]
