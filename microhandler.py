@@ -3563,15 +3563,11 @@ class Resolver:
     def candidates(self, path: str) -> list[Route]:
         """The routes that may match `path`, in registration order."""
         buckets = self._buckets
-        # PERF: the path's own directory ("/api/users/" of "/api/users/42") is most often
-        # a key, and then the longest: one lookup instead of the walk below.
-        dynamic = buckets.get(path[:path.rfind("/") + 1])
-        if dynamic is None:
-            dynamic = self._anywhere
-            end = path.find("/", 1)
-            while end > 0 and (found := buckets.get(path[:end + 1])) is not None:
-                dynamic = found
-                end = path.find("/", end + 1)
+        dynamic = self._anywhere
+        end = path.find("/", 1)
+        while end > 0 and (found := buckets.get(path[:end + 1])) is not None:
+            dynamic = found
+            end = path.find("/", end + 1)
         static = self._static.get(path)
         if static is None:
             return dynamic
@@ -3584,7 +3580,12 @@ class Resolver:
         methods the path does allow."""
         allowed: set[str] = set()
         plain_methods = self._plain_methods
-        for item in self.candidates(path):
+        # PERF: the path's own directory ("/api/users/" of "/api/users/42") is most often a
+        # bucket's key, and then the longest: its routes, without the walk of candidates().
+        candidates = self._buckets.get(path[:path.rfind("/") + 1])
+        if candidates is None or path in self._static:
+            candidates = self.candidates(path)
+        for item in candidates:
             found = item.match(path)
             if found is None:
                 continue
