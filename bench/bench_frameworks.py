@@ -730,14 +730,20 @@ def verdict(value: float | None, target: float) -> str:
     return "yes" if value <= target else "**NO**"
 
 
+# Issue 15's goals: microhandler's time ÷ the best peer's in each row, the 1,000 ÷ 10 routes
+# ratio, and import time ÷ Bottle's.
+PEER_GOAL, SCALING_GOAL, IMPORT_GOAL = 0.85, 1.1, 0.2
+PEERS = ["bottle", "falcon", "flask", "django"]
+
+
 def print_table(scenarios, frameworks, cells, imports, startup, import_runs) -> None:
-    # "mh ÷ falcon" does not depend on how cheap the raw floor is: it compares microhandler
-    # with the fastest peer directly, the same way on any machine and harness. The import
-    # row divides by Bottle's instead, as issue 15's goal does (a fifth of Bottle's time).
-    both = "microhandler" in frameworks and "falcon" in frameworks
-    by_bottle = bool(imports) and "microhandler" in frameworks and "bottle" in frameworks
-    ratio_head = ["mh ÷ falcon" if both else "mh ÷ bottle"] if both or by_bottle else []
-    head = ["scenario", *frameworks, "target (mh)", "met", *ratio_head]
+    # "÷ best peer" does not depend on how cheap the raw floor is: it compares microhandler
+    # with the fastest peer of the row directly, the same way on any machine and harness.
+    # The import row divides by Bottle's instead, as issue 15's goal does.
+    peers = [fw for fw in PEERS if fw in frameworks]
+    compare = "microhandler" in frameworks and bool(peers)
+    goal_head = ["mh ÷ best peer", "goal"] if compare else []
+    head = ["scenario", *frameworks, "target (mh)", "met", *goal_head]
     rows = []
     for sc in scenarios:
         raw = cells[("raw", sc.key)]
@@ -750,10 +756,8 @@ def print_table(scenarios, frameworks, cells, imports, startup, import_runs) -> 
             row += [f"≤{target}", verdict(ratio, target)]
         else:
             row += ["", ""]
-        if both:
-            row.append(_ratio(mh.usec, cells[("falcon", sc.key)].usec))
-        elif ratio_head:
-            row.append("")
+        if compare:
+            row += _peer_goal_cols(mh.usec, {fw: cells[(fw, sc.key)].usec for fw in peers})
         rows.append(row)
     keys = {sc.key for sc in scenarios}
     if {"routes10", "routes1000"} <= keys:
@@ -761,20 +765,22 @@ def print_table(scenarios, frameworks, cells, imports, startup, import_runs) -> 
         for fw in frameworks:
             lo, hi = cells[(fw, "routes10")].usec, cells[(fw, "routes1000")].usec
             row.append(f"{hi / lo:.2f}" if lo and hi else "n/a")
-        rows.append(row + _target_cols(frameworks, row, "scaling") + [""] * len(ratio_head))
+        rows.append(row + _target_cols(frameworks, row, "scaling") + (
+            ["", f"≤{SCALING_GOAL}: {_target_cols(frameworks, row, 'scaling')[1]}"]
+            if compare else []))
     if imports:
         row = ["import (ms)"]
         for fw in frameworks:
             value = imports.get(fw, "-")
             row.append(f"{value:.1f}" if isinstance(value, float) else str(value))
         row += _target_cols(frameworks, row, "import")
-        if by_bottle:
-            mh, bottle = imports["microhandler"], imports["bottle"]
-            ratio = _ratio(mh if isinstance(mh, float) else None,
-                           bottle if isinstance(bottle, float) else None)
-            row.append(f"{ratio} (÷ bottle)" if both else ratio)
-        elif ratio_head:
-            row.append("")
+        if compare:
+            mh, bottle = imports.get("microhandler"), imports.get("bottle")
+            if isinstance(mh, float) and isinstance(bottle, float):
+                row += [f"{mh / bottle:.2f} (÷ bottle)",
+                        f"≤{IMPORT_GOAL}: {verdict(mh / bottle, IMPORT_GOAL)}"]
+            else:
+                row += ["", ""]
         rows.append(row)
     for row in [head, ["---"] * len(head), *rows]:
         print("| " + " | ".join(row) + " |")
@@ -793,8 +799,13 @@ def print_table(scenarios, frameworks, cells, imports, startup, import_runs) -> 
         f"{fw}: {MIDDLEWARE_IDIOMS[fw]}" for fw in frameworks) + ".")
 
 
-def _ratio(value: float | None, reference: float | None) -> str:
-    return f"{value / reference:.2f}" if value and reference else "n/a"
+def _peer_goal_cols(mh: float | None, peers: dict[str, float | None]) -> list[str]:
+    timed = {fw: usec for fw, usec in peers.items() if usec}
+    if not mh or not timed:
+        return ["n/a", ""]
+    best = min(timed, key=timed.__getitem__)
+    ratio = mh / timed[best]
+    return [f"{ratio:.2f} ({best})", f"≤{PEER_GOAL}: {verdict(ratio, PEER_GOAL)}"]
 
 
 def _target_cols(frameworks: list[str], row: list[str], key: str) -> list[str]:
