@@ -1481,7 +1481,6 @@ class Request:
         content_type = "application/json" if plain else self.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise BadRequest("Expected a JSON body (Content-Type: application/json)")
-        import json
         self._refuse_if_streamed("request.json")
         body = self.body
         # RFC 8259: UTF-8, or UTF-16/32 told by the first bytes. Decoded strictly here:
@@ -1491,7 +1490,8 @@ class Request:
             charset = "utf-8"  # PERF: no BOM and no zero byte: what detect_encoding says
         elif charset is None or charset.lower() in _UTF_LABELS:
             # A UTF label says nothing of byte order or BOM: the first bytes do.
-            charset = json.detect_encoding(body)
+            from json import detect_encoding
+            charset = detect_encoding(body)
         elif not _is_form_charset(charset):  # punycode and idna decode in quadratic time
             raise BadRequest("The JSON body's charset is not a text encoding")
         try:
@@ -1500,12 +1500,11 @@ class Request:
             raise BadRequest("The JSON body does not decode with its charset") from None
         try:
             data = _strict_json_decoder().decode(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # json.JSONDecodeError, or an int past the digit limit
             # Only the position: the message never repeats what the client sent.
-            raise BadRequest(f"Invalid JSON body: {exc.msg} at line {exc.lineno} "
-                             f"column {exc.colno}") from None
-        except ValueError:  # an integer past Python's digit limit
-            raise BadRequest("Invalid JSON body") from None
+            where = (f": {exc.msg} at line {exc.lineno} column {exc.colno}"
+                     if hasattr(exc, "lineno") else "")
+            raise BadRequest(f"Invalid JSON body{where}") from None
         except RecursionError:
             raise BadRequest("Invalid JSON body: nested too deeply") from None
         # A "\ud800" escape decodes to a lone surrogate, which no response can carry.
