@@ -1500,10 +1500,11 @@ class Request:
             raise BadRequest("The JSON body does not decode with its charset") from None
         try:
             data = _strict_json_decoder().decode(text)
-        except ValueError as exc:  # json.JSONDecodeError, or an int past the digit limit
+        except ValueError as exc:  # JSONDecodeError, or an int past the digit limit
+            from json import JSONDecodeError
             # Only the position: the message never repeats what the client sent.
             where = (f": {exc.msg} at line {exc.lineno} column {exc.colno}"
-                     if hasattr(exc, "lineno") else "")
+                     if isinstance(exc, JSONDecodeError) else "")
             raise BadRequest(f"Invalid JSON body{where}") from None
         except RecursionError:
             raise BadRequest("Invalid JSON body: nested too deeply") from None
