@@ -16071,3 +16071,36 @@ def test_lazy_regex_compiles_on_first_use_and_rebinds_its_name() -> None:
 def test_unquote_to_bytes_matches_urllib(raw: str | bytes) -> None:
     from urllib.parse import unquote_to_bytes
     assert mh.unquote_to_bytes(raw) == unquote_to_bytes(raw)
+
+
+class _Pieces(io.BytesIO):
+    """A server's stream that hands out at most `most` bytes per read()."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        super().__init__(data)
+        self.most = most
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(min(self.most, size) if size is not None and size >= 0
+                            else self.most)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300), most=st.integers(1, 400), missing=st.integers(0, 3))
+def test_a_body_of_known_length_is_whole_however_the_server_hands_it_out(
+        data: bytes, most: int, missing: int) -> None:
+    """request.body reads a known length in one go when it can, and goes on reading when
+    the server's stream gives less at a time; a body shorter than announced is a 400."""
+    probe = Probe()
+    announced = len(data) + (missing if data else 0)
+    environ = req_make_environ("POST", stream=_Pieces(data, most),
+                               content_type="application/octet-stream",
+                               content_length=str(announced))
+    result = probe(lambda r: r.body, environ)
+    if announced == len(data):
+        assert result.status == 200 and probe.value == data
+        assert probe(lambda r: (r.body, r.stream.read()), req_make_environ(
+            "POST", stream=_Pieces(data, most), content_length=str(len(data)))).status == 200
+        assert probe.value == (data, data)  # the stream reads the body again, from memory
+    else:
+        assert result.status == 400 and "shorter" in result.text
