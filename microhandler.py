@@ -43,7 +43,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 # Checkers (mypy, pyright) read this name as True. Not `from typing import TYPE_CHECKING`:
@@ -4119,14 +4119,14 @@ async def _to_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) ->
     thread cannot be stopped: only then are uploads, streams and connections closed under
     it. A response it returns late is closed."""
     import asyncio
-    import contextvars
     loop = asyncio.get_running_loop()
-    context = contextvars.copy_context()
+    context = copy_context()
     awaited: list[Any] = []
     context.run(_awaited_futures.set, awaited)
     waiting = _waiting_thread.get()
     if waiting is None:
-        running = loop.run_in_executor(None, lambda: context.run(function, *args, **kwargs))
+        running = (loop.run_in_executor(None, context.run, function, *args) if not kwargs else
+                   loop.run_in_executor(None, lambda: context.run(function, *args, **kwargs)))
     else:
         running = loop.create_future()
         waiting.put(lambda: _settle(running, context.run, function, *args, **kwargs))
