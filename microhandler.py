@@ -5349,10 +5349,11 @@ class ASGIHandler:
             headers, has_body = _response_headers(response, request.method)
         else:  # PERF: the usual case, without the call
             headers, has_body = response.wsgi_headers(), True
-        start = {"type": "http.response.start", "status": status, "headers": [
-            (_ASGI_HEADER_NAMES.get(name) or _asgi_header_name(name),
-             _ASGI_TEXT_HTML if value is _TEXT_HTML else value.encode("latin-1"))
-            for name, value in headers]}
+        encoded = []
+        for name, value in headers:  # PERF: a loop, not a comprehension's function call
+            encoded.append((_ASGI_HEADER_NAMES.get(name) or _asgi_header_name(name),
+                            _ASGI_TEXT_HTML if value is _TEXT_HTML else value.encode("latin-1")))
+        start = {"type": "http.response.start", "status": status, "headers": encoded}
         if has_body and response.streaming:
             return start, None
         return start, {"type": "http.response.body", "body": response.content if has_body else b""}
