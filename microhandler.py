@@ -4108,8 +4108,7 @@ def _call_in_worker(function: Callable[..., Any], args: tuple[Any, ...],
     try:
         return function(*args, **kwargs)
     finally:
-        if _current_request.get() is not None:
-            _give_back_connection(_current_request.get())
+        _give_back_connection(_current_request.get())
 
 
 async def _to_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
