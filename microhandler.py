@@ -4724,7 +4724,8 @@ class App:
         if request_started.receivers:
             request_started.send_robust(sender=type(self), environ=environ)
         request = self.request_class(environ, self)
-        environ["microhandler.request"] = request
+        if _CLIENT_REQUEST in environ:
+            environ[_CLIENT_REQUEST] = request  # the test Client's (see _CLIENT_REQUEST)
         token = _current_request.set(request)
         try:
             response = self.get_response(request)
@@ -5458,7 +5459,8 @@ class ASGIHandler:
         if request_started.receivers:
             request_started.send_robust(sender=type(app), environ=environ)
         request = app.request_class(environ, app)
-        environ["microhandler.request"] = scope["microhandler.request"] = request
+        if _CLIENT_REQUEST in scope:
+            scope[_CLIENT_REQUEST] = request  # the test Client's (see _CLIENT_REQUEST)
         return request
 
     def _refuse_declared_body(self, request: Request) -> None:
@@ -6660,6 +6662,12 @@ class _ClientHeaders:
         return f"<headers {self._pairs!r}>"
 
 
+# The environ (scope) key under which the App hands the test Client the Request it made, when
+# the Client put it there (as None). Not for servers: a request -> environ -> request cycle
+# would leave every request and its parsed parts to the garbage collector (PERF).
+_CLIENT_REQUEST = "microhandler.request"
+
+
 class ClientResponse:
     """What a Client call returns: status, headers, body, cookies and the Request used.
     `exc_info` holds the server error the app answered with a 500, when the Client was
@@ -6843,7 +6851,7 @@ class Client:
             "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": self.host, "REMOTE_ADDR": "127.0.0.1",
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
             "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
+            "wsgi.run_once": False, _CLIENT_REQUEST: None,
         }
         if body or method.upper() in ("POST", "PUT", "PATCH"):
             environ["CONTENT_LENGTH"] = str(len(body))
@@ -6878,10 +6886,10 @@ class Client:
         try:
             if scope is None:
                 status, header_list, content = self._call_wsgi(environ)
-                request = environ.get("microhandler.request")
+                request = environ[_CLIENT_REQUEST]
             else:
                 status, header_list, content = self._call_asgi(scope, body)
-                request = scope.get("microhandler.request")
+                request = scope[_CLIENT_REQUEST]
         except Exception as exc:
             if self.raise_server_exceptions:
                 raise
@@ -6988,7 +6996,7 @@ def _scope_from_environ(environ: dict[str, Any], kind: str = "http") -> dict[str
     full_path = environ["SCRIPT_NAME"] + environ["PATH_INFO"]
     scheme = environ["wsgi.url_scheme"]
     return {
-        _DONT_ENFORCE_CSRF: environ.get(_DONT_ENFORCE_CSRF, False),
+        _DONT_ENFORCE_CSRF: environ.get(_DONT_ENFORCE_CSRF, False), _CLIENT_REQUEST: None,
         "type": kind, "asgi": {"version": "3.0"}, "http_version": "1.1",
         "method": environ["REQUEST_METHOD"],
         "scheme": scheme if kind == "http" else {"http": "ws", "https": "wss"}[scheme],

@@ -16104,3 +16104,54 @@ def test_a_body_of_known_length_is_whole_however_the_server_hands_it_out(
         assert probe.value == (data, data)  # the stream reads the body again, from memory
     else:
         assert result.status == 400 and "shorter" in result.text
+
+
+def test_a_served_request_leaves_nothing_to_the_garbage_collector() -> None:
+    """Under a server (no test Client asking for the request back), a request and what it
+    parsed are freed as soon as the response is done, by reference counting: no cycle
+    waits for the collector, under WSGI or ASGI."""
+    import asyncio
+    import gc
+
+    app = App()
+
+    @app.route("/q")
+    def query(request):
+        return {"a": request.GET.get("a"), "c": request.COOKIES.get("c"), "n": len(request.body)}
+
+    environ = req_make_environ("POST", "/q", query="a=1", body=b"x=1",
+                               content_type="application/x-www-form-urlencoded",
+                               extra={"HTTP_COOKIE": "c=2"})
+    scope = mh._scope_from_environ(environ)
+    del scope[mh._CLIENT_REQUEST]
+
+    def serve_wsgi() -> None:
+        body = app({**environ, "wsgi.input": io.BytesIO(b"x=1")}, lambda *args: None)
+        assert b"".join(body) == b'{"a":"1","c":"2","n":3}'
+        getattr(body, "close", lambda: None)()
+
+    async def serve_asgi() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"x=1"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+        for _ in range(20):
+            await app.asgi(dict(scope), receive, send)
+
+    loop = asyncio.new_event_loop()
+    try:
+        serve_wsgi()
+        loop.run_until_complete(serve_asgi())  # first calls: lazy imports, caches
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                serve_wsgi()
+            loop.run_until_complete(serve_asgi())
+            left = gc.collect()
+        finally:
+            gc.enable()
+    finally:
+        loop.close()
+    assert left < 20  # one cycle per request would leave dozens of objects
