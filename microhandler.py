@@ -4684,10 +4684,7 @@ class App:
             hooks = self._hooks[is_async] = _Hooks()
             handler: Callable[[Request], Any] = (
                 self._get_response_async if is_async else self._get_response)
-            # PERF: without middleware, get_response catches instead; the async centre
-            # catches itself, a coroutine less than a wrapper's.
-            if self.middleware and not is_async:
-                handler = convert_exception_to_response(handler, self)
+            # PERF: the centre catches what it raises itself, a call less than a wrapper's.
             handler_is_async = is_async
             for entry in reversed(self.middleware):
                 factory = _import_string(entry) if isinstance(entry, str) else entry
@@ -4765,7 +4762,7 @@ class App:
         try:
             response = chain(request) if bad_host is None else self.response_for_exception(
                 request, bad_host)
-        except Exception as exc:  # from the centre, when no middleware wraps it
+        except Exception as exc:  # a safety net: each layer and the centre catch their own
             response = self.response_for_exception(request, exc)
         if response.render is None and response.status_code < 400 and not request._files_to_close:
             return response  # PERF: nothing to render, release or log
@@ -4782,11 +4779,11 @@ class App:
             elif self._async_centre_only:  # PERF: the centre's shortcut, one coroutine less
                 callback, call = self._call_view_async(request)
                 value = await call
-                response = (HttpResponse(value) if type(value) is str
+                response = (_text_response(value) if type(value) is str
                             else await self._view_response_async(value, callback))
             else:
                 response = await chain(request)
-        except Exception as exc:  # from the centre, when no middleware wraps it
+        except Exception as exc:  # from the shortcut above: the layers catch their own
             response = await self._drive_async(self._exception_journey(request, exc))
         if response.render is None and response.status_code < 400 and not request._files_to_close:
             return response  # PERF: nothing to render, release or log
@@ -4820,23 +4817,27 @@ class App:
         return response
 
     def _get_response(self, request: Request) -> HttpResponse:
-        """The centre of the onion under WSGI: the journey, run in this thread."""
-        if self._hooks[False].none:
-            # PERF: with no middleware hook, the journey is resolve, call, coerce: run here
-            # without the generator and its driver (a third of a hello request).
-            callback, args, kwargs = self.resolve_request(request)
-            if self.atomic_requests:
-                callback = self.make_view_atomic(callback)
-            value = callback(request, *args, **kwargs)
-            if type(value) is str:  # PERF: what most views return, without make_response
-                return _text_response(value)
-            if hasattr(value, "__await__"):
-                value = _await_from_sync(value)
-            response = self.make_response(value, callback)
-            if response.render is not None and not response.is_rendered:
-                response = response.render()
-            return response
-        result: HttpResponse = self._drive(self._journey(request, self._hooks[False]))
+        """The centre of the onion under WSGI: the journey, run in this thread; what it
+        raises leaves it as a response, as convert_exception_to_response would make it."""
+        try:
+            if self._hooks[False].none:
+                # PERF: with no middleware hook, the journey is resolve, call, coerce: run
+                # here without the generator and its driver (a third of a hello request).
+                callback, args, kwargs = self.resolve_request(request)
+                if self.atomic_requests:
+                    callback = self.make_view_atomic(callback)
+                value = callback(request, *args, **kwargs)
+                if type(value) is str:  # PERF: what most views return, without make_response
+                    return _text_response(value)
+                if hasattr(value, "__await__"):
+                    value = _await_from_sync(value)
+                response = self.make_response(value, callback)
+                if response.render is not None and not response.is_rendered:
+                    response = response.render()
+                return response
+            result: HttpResponse = self._drive(self._journey(request, self._hooks[False]))
+        except Exception as exc:
+            result = self.response_for_exception(request, exc)
         return result
 
     async def _get_response_async(self, request: Request) -> HttpResponse:
@@ -4847,7 +4848,7 @@ class App:
                 callback, call = self._call_view_async(request)
                 value = await call
                 if type(value) is str:
-                    return HttpResponse(value)
+                    return _text_response(value)
                 return await self._view_response_async(value, callback)
             result: HttpResponse = await self._drive_async(
                 self._journey(request, self._hooks[True]))
