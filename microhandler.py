@@ -1087,7 +1087,10 @@ else:
         def __get__(self, obj: Any, cls: Any = None) -> Any:
             if obj is None:
                 return self
-            value = obj.__dict__[self.name] = self.func(obj)
+            value = self.func(obj)
+            # PERF: setattr, not obj.__dict__[...]: reading __dict__ turns the instance's
+            # inline attribute values into a dict object.
+            setattr(obj, self.name, value)
             return value
 
 
@@ -1238,6 +1241,7 @@ class Request:
     default_max_form_fields = 1000
 
     _files_to_close: Sequence[Any] = ()
+    _encoding: str | None = None  # set by the `encoding` setter
     _route_found: tuple[Route, tuple[Any, ...], dict[str, Any]]
     session: _Session  # set by SessionMiddleware
 
@@ -1371,16 +1375,15 @@ class Request:
     def encoding(self) -> str:
         """The charset forms are decoded with: the one set on the request, else the body's
         charset when it is a text encoding, else UTF-8."""
-        chosen: str | None = self.__dict__.get("_encoding")
-        if chosen is not None:
-            return chosen
+        if self._encoding is not None:
+            return self._encoding
         charset = self.content_params.get("charset", "utf-8")
         return charset if _is_form_charset(charset) else "utf-8"
 
     @encoding.setter
     def encoding(self, value: str) -> None:
         """As Django: the next access to GET and POST decodes them again, with `value`."""
-        self.__dict__["_encoding"] = value
+        self._encoding = value
         self.__dict__.pop("GET", None)
         self.__dict__.pop("POST", None)
 
@@ -1518,7 +1521,7 @@ class Request:
     def GET(self) -> QueryDict:
         # UTF-8 (RFC 3986) unless request.encoding was set: unlike Django, the body's
         # charset is not applied to the URL (a UTF-16 JSON body would garble the query).
-        encoding = self.__dict__.get("_encoding") or "utf-8"
+        encoding = self._encoding or "utf-8"
         return QueryDict(self.environ.get("QUERY_STRING", ""), encoding=encoding)
 
     @_lazy
