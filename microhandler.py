@@ -3166,8 +3166,8 @@ class _Converter:
         self.regex = regex
         self.to_python = to_python
         self.safe = safe  # characters reverse() leaves unquoted
-        # PERF: the same test as `regex` without the regex engine, for the routes that end
-        # in their only placeholder ("/users/<int:id>"): see Route._make_tail_matcher.
+        # PERF: the same test as `regex` for a non-empty value, without the regex engine,
+        # for the routes that end in their only placeholder: see Route._make_tail_matcher.
         self.fits = fits
         self._pattern = _lazy_regex(regex)
 
@@ -3178,12 +3178,9 @@ class _Converter:
         return quote(text, safe=self.safe)
 
 
-def _is_segment(text: str) -> bool:
-    return bool(text) and "/" not in text  # [^/]+
-
-
-def _is_ascii_digits(text: str) -> bool:
-    return text.isdigit() and text.isascii()  # [0-9]+: "²" is a digit too, but not ASCII
+# What a non-empty placeholder value may hold, as C-level tests (PERF: no Python call):
+# [^/]+ holds no "/", and [0-9]+ only ASCII digits ("²" and "٣" are digits too).
+_SLASH, _ASCII_DIGITS = frozenset("/"), frozenset("0123456789")
 
 
 def _to_finite_float(text: str) -> float:
@@ -3199,8 +3196,8 @@ def _to_uuid(text: str) -> Any:
 
 
 _CONVERTERS: dict[str, _Converter] = {
-    "str": _Converter(r"[^/]+", fits=_is_segment),
-    "int": _Converter(r"[0-9]+", int, fits=_is_ascii_digits),
+    "str": _Converter(r"[^/]+", fits=_SLASH.isdisjoint),
+    "int": _Converter(r"[0-9]+", int, fits=_ASCII_DIGITS.issuperset),
     "float": _Converter(r"[0-9]+(?:\.[0-9]+)?", _to_finite_float),
     "path": _Converter(r".+", safe="/"),
     "slug": _Converter(r"[-a-zA-Z0-9_]+"),
@@ -3365,7 +3362,7 @@ class Route:
 
         def match_tail(path: str) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
             value = path[start:]
-            if not path.startswith(prefix) or not fits(value):
+            if not value or not path.startswith(prefix) or not fits(value):
                 return None
             try:
                 kwargs = {name: to_python(value)}
