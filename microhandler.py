@@ -4246,8 +4246,8 @@ def _is_async(func: Any) -> bool:
 
 
 # Sync code called from the ASGI server's worker threads finds the server's loop here
-# (the thread runs in a copy of the caller's context), so a coroutine it must wait for
-# runs there.
+# (_to_thread sets it in the copy of the caller's context the thread runs in), so a
+# coroutine it must wait for runs there.
 _event_loop: ContextVar[Any] = ContextVar("microhandler_event_loop", default=None)
 _thread_state = _thread._local()
 # The queue of a thread that waits for a coroutine (a sync middleware's, under ASGI): sync
@@ -4267,14 +4267,15 @@ def _await_from_sync(awaitable: Any) -> Any:
     thread's own loop (one per thread, kept)."""
     import asyncio
     loop = _event_loop.get()
+    running = asyncio._get_running_loop()
+    if running is not None and (loop is None or running is loop):
+        raise RuntimeError("Sync code on the event loop cannot wait for a coroutine; "
+                           "await it, or run the sync code in a thread")
     if loop is None or not loop.is_running():
         own = getattr(_thread_state, "loop", None)
         if own is None or own.is_closed():
             own = _thread_state.loop = asyncio.new_event_loop()
         return own.run_until_complete(awaitable)
-    if asyncio._get_running_loop() is loop:
-        raise RuntimeError("Sync code on the event loop cannot wait for a coroutine; "
-                           "await it, or run the sync code in a thread")
     import queue
     work: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
     token = _waiting_thread.set(work)
@@ -4330,6 +4331,7 @@ async def _to_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) ->
     context = copy_context()
     awaited: list[Any] = []
     context.run(_awaited_futures.set, awaited)
+    context.run(_event_loop.set, loop)
     waiting = _waiting_thread.get()
     if waiting is None:
         running = (loop.run_in_executor(None, context.run, function, *args) if not kwargs else
@@ -5389,9 +5391,8 @@ class ASGIHandler:
         if scope["type"] != "http":
             return await self.handle_other(scope, receive, send)
         app = self.app
-        if app._started and app._chains[True] is not None:  # PERF: served before, and
-            failure = None  # asyncio is loaded (its loop runs us): no import statement
-            _event_loop.set(sys.modules["asyncio"].get_running_loop())
+        if app._started and app._chains[True] is not None:  # PERF: served before
+            failure = None
         else:
             failure = await self._start_serving_or_failure()
         request = self._request_of(scope)
