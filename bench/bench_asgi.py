@@ -53,7 +53,7 @@ from bench_frameworks import (  # noqa: E402 (after the path set-up)
 
 FRAMEWORKS = ["raw", "microhandler", "starlette", "falcon", "django"]
 PEERS = ["starlette", "falcon"]
-PEER_GOAL = 0.85  # issue 15: microhandler's time ≤ 0.85 × the best of them, in every row
+PEER_GOAL = 0.85  # issue 15: microhandler's time at most 0.85 times the best of them, in every row
 
 MIDDLEWARE_IDIOMS = {
     "raw": "5 pass-through ASGI wrappers that also wrap send",
