@@ -14827,6 +14827,23 @@ def _review_scope(path: str = "/", method: str = "GET", headers: Sequence[tuple[
     return scope
 
 
+async def _review_exchange(app: App, sent: list[dict[str, Any]]) -> None:
+    """One GET through app.asgi as a server runs it, the messages sent back put in `sent`:
+    receive() gives the empty body, then waits (the client stays) until cancelled."""
+    import asyncio
+    pending = [{"type": "http.request", "body": b""}]
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        await asyncio.sleep(30)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+    await app.asgi(_review_scope(), receive, send)
+
+
 def _started(sent: list[dict[str, Any]]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, raw headers and the whole body of what an ASGI app sent, checked for form."""
     assert sent and sent[0]["type"] == "http.response.start"
@@ -15452,20 +15469,10 @@ def test_review_asgi_stream_failing_midway_is_not_sent_as_complete(
     app = App()
     app.add_route("/", lambda request: StreamingHttpResponse(chunks()))
     sent: list[dict[str, Any]] = []
-    pending = [{"type": "http.request", "body": b""}]
-
-    async def receive() -> dict[str, Any]:
-        if pending:
-            return pending.pop()
-        await asyncio.sleep(30)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
 
     async def serve() -> None:
         with contextlib.suppress(ValueError):  # raising is how ASGI says "cut it short"
-            await asyncio.wait_for(app.asgi(_review_scope(), receive, send), 20)
+            await asyncio.wait_for(_review_exchange(app, sent), 20)
     asyncio.run(serve())
     assert sent[0]["status"] == 200 and sent[1]["body"] == b"first"
     assert all(message.get("more_body") for message in sent[1:])
@@ -15577,17 +15584,7 @@ def test_review_sync_middleware_outside_async_layers_does_not_exhaust_the_thread
 
     async def one() -> int:
         sent: list[dict[str, Any]] = []
-        pending = [{"type": "http.request", "body": b""}]
-
-        async def receive() -> dict[str, Any]:
-            if pending:
-                return pending.pop()
-            await asyncio.sleep(30)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-        await app.asgi(_review_scope(), receive, send)
+        await _review_exchange(app, sent)
         return int(sent[0]["status"])
 
     async def concurrently() -> Any:
@@ -15696,17 +15693,7 @@ def test_review_concurrent_first_requests_wait_for_on_startup_under_asgi() -> No
 
     async def one() -> bytes:
         sent: list[dict[str, Any]] = []
-        pending = [{"type": "http.request", "body": b""}]
-
-        async def receive() -> dict[str, Any]:
-            if pending:
-                return pending.pop()
-            await asyncio.sleep(30)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-        await app.asgi(_review_scope(), receive, send)
+        await _review_exchange(app, sent)
         return b"".join(m.get("body", b"") for m in sent[1:])
 
     async def both() -> list[bytes]:
