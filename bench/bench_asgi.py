@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -47,8 +46,11 @@ from bench_frameworks import (  # noqa: E402 (after the path set-up)
     JSON_BODY,
     JSON_DOC,
     QUERY_BODY,
+    Cell,
+    CheckFailed,
     _cpu_model,
     calibrate,
+    fmt_cell,
 )
 
 FRAMEWORKS = ["raw", "microhandler", "starlette", "falcon", "django"]
@@ -518,28 +520,6 @@ BUILDERS: dict[str, Callable[[Scenario], Callable]] = {
 # --------------------------------------------------------------------------------- cells
 
 
-@dataclass
-class Cell:
-    run: Callable[[int], float] | None = None
-    n: int = 0
-    times: list[float] | None = None
-    error: str = ""
-
-    @property
-    def usec(self) -> float | None:
-        if self.error or not self.times:
-            return None
-        return statistics.median(self.times) / self.n * 1e6
-
-    @property
-    def spread(self) -> float:
-        return max(self.times) / min(self.times) - 1 if self.times else 0.0
-
-
-class CheckFailed(Exception):
-    pass
-
-
 def prepare_cell(fw: str, sc: Scenario, loop: asyncio.AbstractEventLoop) -> Cell:
     """Build the app, check its answer once, and return a ready-to-time cell; a peer that
     fails is a bug here (it raises), a microhandler failure becomes an error cell."""
@@ -606,14 +586,6 @@ def print_header(args, frameworks: list[str]) -> None:
     print(f"- cells: median of {args.repeats} repeats, each ~{args.batch * 1000:.0f} ms of "
           "calls; frameworks interleaved within each repeat; one asyncio event loop")
     print()
-
-
-def fmt_cell(cell: Cell, raw: Cell) -> str:
-    if cell.error:
-        return f"n/a ({cell.error})"
-    if raw.usec is None:
-        return f"{cell.usec:.1f} µs"
-    return f"{cell.usec / raw.usec:.2f}x ({cell.usec:.1f} µs)"
 
 
 def print_table(scenarios, frameworks, cells) -> None:
