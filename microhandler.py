@@ -1148,7 +1148,7 @@ class LimitedStream:
         # With a known length, one read usually brings it all.
         while chunk := self.read(65536 if self._remaining is None else self._remaining):
             parts.append(chunk)
-            if self._remaining == 0:
+            if self._remaining is not None and self._remaining <= 0:
                 break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -1463,8 +1463,8 @@ class Request:
             raise
         except Exception as exc:  # as LimitedStream.read: a client gone is a 400
             raise BadRequest("The request body could not be read (client gone?)") from exc
-        if len(data) == length:
-            return data
+        if len(data) >= length:  # more than asked for is a server's bug: not the body's
+            return data[:length]
         return data + LimitedStream(source, length - len(data)).read()
 
     def _refuse_if_streamed(self, what: str) -> None:

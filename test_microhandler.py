@@ -16131,3 +16131,16 @@ def test_a_served_request_leaves_nothing_to_the_garbage_collector() -> None:
     finally:
         loop.close()
     assert left < 20  # one cycle per request would leave dozens of objects
+
+
+def test_a_server_stream_giving_more_than_asked_does_not_lengthen_the_body() -> None:
+    """A broken server stream that returns more bytes than read() asked for: the body is
+    still the announced length, a 200, never a runaway read or a 500."""
+    class Generous(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            return super().read(-1)
+
+    probe = Probe()
+    environ = req_make_environ("POST", stream=Generous(b"abcdefgh"), content_length="3",
+                               content_type="application/octet-stream")
+    assert probe(lambda r: r.body, environ).status == 200 and probe.value == b"abc"
