@@ -1364,9 +1364,14 @@ class Request:
     def headers(self) -> Headers:
         return Headers(self.environ)
 
+    def _raw_content_type(self) -> str:
+        """The Content-Type header as sent ("" when absent)."""
+        value: str = self.environ.get("CONTENT_TYPE", "")
+        return value
+
     @_lazy
     def _content_type_parts(self) -> tuple[str, dict[str, str]]:
-        return _parse_options_header(self.environ.get("CONTENT_TYPE", ""))
+        return _parse_options_header(self._raw_content_type())
 
     @property
     def content_type(self) -> str:
@@ -1485,7 +1490,7 @@ class Request:
     @_lazy
     def json(self) -> Any:
         """The body decoded as JSON (RFC 8259); a wrong content type or bad JSON is a 400."""
-        plain = self.environ.get("CONTENT_TYPE") == "application/json"  # PERF: no parse
+        plain = self._raw_content_type() == "application/json"  # PERF: no parse
         content_type = "application/json" if plain else self.content_type
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise BadRequest("Expected a JSON body (Content-Type: application/json)")
@@ -1612,6 +1617,16 @@ class Request:
         from a per-thread pool, given back when the response closes (see "databases")."""
         lease = self.__dict__.get("_db_lease") or _lease_connection(self)
         return lease.connection
+
+    @_lazy
+    def scope(self) -> dict[str, Any] | None:
+        """The ASGI scope the request came with; None under WSGI."""
+        scope: dict[str, Any] | None = self.environ.get("asgi.scope")
+        return scope
+
+    def _set_input(self, body: bytes | IO[bytes], size: int) -> None:
+        """Make `body`, which the ASGI handler received whole, the server's input."""
+        _put_input(self.environ, body, size)
 
     def close(self) -> None:
         """Close the uploaded files' temporary files and give `db` back to its pool (called
@@ -5380,6 +5395,87 @@ class WebSocket:
 
 
 
+class ASGIRequest(Request):
+    """The Request for an ASGI scope (Django's name), when the App's request_class is
+    Request. PERF: the environ is built from the scope on first use of `environ` or `META`;
+    until then the method, path, query, cookies and a body received whole are read from the
+    scope and the received bytes, so a request that needs no more never builds it (a fifth
+    of an ASGI hello request). Once built, the environ is what every part is read from, as
+    under WSGI. A subclass, so that WSGI's Request pays nothing for it (a property on
+    Request itself would slow every `self.environ` there); it keeps Request's name, so that
+    to a view, a middleware or a repr() the request is the App's Request under both."""
+
+    _input: tuple[bytes | IO[bytes], int] | None = None  # the body received, and its size
+    _built = False  # whether the environ was built
+
+    def __init__(self, scope: dict[str, Any], app: App | None = None) -> None:
+        self.scope = self._scope = scope
+        self.app = app
+        self.method = scope.get("method", "GET").upper()
+        self._paths = _scope_paths(scope)
+        path = self._paths[1] or "/"
+        if path.isascii():  # else path_info decodes it from the environ
+            self.path_info = path
+
+    # (Writable as Request's attributes are: a cached value can be replaced.)
+    @_lazy
+    def environ(self) -> dict[str, Any]:  # type: ignore[override]
+        environ = _environ_from_scope(self._scope, self._paths)
+        if self._input is not None:
+            _put_input(environ, *self._input)
+        self._built = True
+        return environ
+
+    @_lazy
+    def META(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.environ
+
+    def _set_input(self, body: bytes | IO[bytes], size: int) -> None:
+        self._input = (body, size)
+        if self._built:
+            _put_input(self.environ, body, size)
+
+    @property
+    def query_string(self) -> str:
+        if self._built:
+            return super().query_string
+        query: bytes | None = self._scope.get("query_string")
+        return query.decode("latin-1") if query else ""
+
+    @_lazy
+    def GET(self) -> QueryDict:
+        return QueryDict(self.query_string, encoding=self._encoding or "utf-8")
+
+    @_lazy
+    def COOKIES(self) -> dict[str, str]:
+        if self._built:
+            return super().COOKIES
+        header = _scope_header(self._scope, b"cookie", b"; ")
+        # The environ's latin-1 text re-read as UTF-8 (Request.COOKIES) is this.
+        return _parse_cookie(header.decode("utf-8", "replace") if header else "")
+
+    @_lazy
+    def content_length(self) -> int | None:
+        if self._built or self._input is None:
+            return super().content_length
+        return self._input[1]
+
+    def _raw_content_type(self) -> str:
+        if self._built:
+            return super()._raw_content_type()
+        header = _scope_header(self._scope, b"content-type", b",")
+        return header.decode("latin-1") if header else ""
+
+    def _read_body_at_once(self) -> bytes | None:
+        received = self._input
+        if received is not None and isinstance(received[0], bytes) and not self._built:
+            return received[0]  # PERF: the bytes as received, without a stream over them
+        return super()._read_body_at_once()
+
+
+ASGIRequest.__name__ = ASGIRequest.__qualname__ = "Request"
+
+
 class ASGIHandler:
     """The App as an ASGI 3 application (Django's ASGIHandler): `http`, `websocket` and
     `lifespan` scopes, served by the same routes, middleware, errors, signals and limits.
@@ -5407,8 +5503,7 @@ class ASGIHandler:
             try:
                 if failure is not None:
                     raise failure
-                if "CONTENT_LENGTH" in request.environ:
-                    self._refuse_declared_body(request)
+                self._refuse_declared_body(request)
                 message = await receive()
                 # PERF: the whole body in one message is kept here, without read_body's frame
                 received = (self._keep_whole_body(request, message)
@@ -5462,17 +5557,24 @@ class ASGIHandler:
     def _request_of(self, scope: dict[str, Any]) -> Request:
         """The Request for an http scope, after request_started."""
         app = self.app
-        environ = _environ_from_scope(scope)
+        request = self._new_request(scope)
         if request_started.receivers:
-            request_started.send_robust(sender=type(app), environ=environ)
-        request = app.request_class(environ, app)
+            request_started.send_robust(sender=type(app), environ=request.environ)
         if _CLIENT_REQUEST in scope:
             scope[_CLIENT_REQUEST] = request  # the test Client's (see _CLIENT_REQUEST)
         return request
 
+    def _new_request(self, scope: dict[str, Any]) -> Request:
+        """The App's request_class for a scope: for Request, an ASGIRequest; a class of the
+        App's own is made from the scope's environ, as under WSGI."""
+        request_class = self.app.request_class
+        if request_class is Request:
+            return ASGIRequest(scope, self.app)
+        return request_class(_environ_from_scope(scope), self.app)
+
     def _refuse_declared_body(self, request: Request) -> None:
         """413 before receiving anything when Content-Length says the body is too large."""
-        declared = request.environ.get("CONTENT_LENGTH")
+        declared = _scope_header(request.scope or {}, b"content-length", b",")
         if declared is not None and declared.isascii() and declared.isdigit() and (
                 int(declared) > self.app.max_body_size):
             raise RequestDataTooBig(f"Request body is larger than {self.app.max_body_size} bytes")
@@ -5486,14 +5588,12 @@ class ASGIHandler:
         limit = self.app.max_body_size
         if len(chunk) > limit:
             raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
-        environ = request.environ
-        if chunk:  # else the empty input _environ_from_scope made stays
-            body = environ["wsgi.input"] = io.BytesIO(chunk)
-            if len(chunk) > _UPLOAD_MEMORY_SIZE:  # freed when the response closes
-                request._files_to_close = [*request._files_to_close, body]
-            environ["CONTENT_LENGTH"] = str(len(chunk))
+        if len(chunk) > _UPLOAD_MEMORY_SIZE:  # a file, freed when the response closes
+            body = io.BytesIO(chunk)
+            request._files_to_close = [*request._files_to_close, body]
+            request._set_input(body, len(chunk))
         else:
-            environ["CONTENT_LENGTH"] = "0"
+            request._set_input(chunk, len(chunk))
         return True
 
     async def read_body(self, receive: _Receive, request: Request,
@@ -5524,7 +5624,7 @@ class ASGIHandler:
                 raise RequestDataTooBig(f"Request body is larger than {limit} bytes")
             body.write(chunk)
         body.seek(0)
-        request.environ.update({"wsgi.input": body, "CONTENT_LENGTH": str(size)})
+        request._set_input(body, size)
         if size > _UPLOAD_MEMORY_SIZE:  # on disk: closed with the response, as uploads are
             request._files_to_close = [*request._files_to_close, body]
         return True
@@ -5563,6 +5663,17 @@ class ASGIHandler:
                           ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The http.response.start message, and the body's (None for a stream to send)."""
         status = response.status_code
+        fields = response._headers
+        if (type(response) is HttpResponse and len(fields) == 1 and response._cookies is None
+                and fields.get("content-type") is _DEFAULT_CONTENT_TYPE
+                and status not in _BODILESS_STATUSES and request.method != "HEAD"):
+            # PERF: text with the default content type and nothing else (a view's str, as
+            # _text_response makes it): its two headers, without the loop (a tenth of an
+            # ASGI hello request).
+            content = response._content
+            return ({"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", _ASGI_TEXT_HTML), (b"content-length", b"%d" % len(content))]},
+                {"type": "http.response.body", "body": content})
         if status in _BODILESS_STATUSES or request.method == "HEAD" or response.streaming:
             headers, has_body = _response_headers(response, request.method)
         else:  # PERF: the usual case, without the call
@@ -5648,7 +5759,7 @@ class ASGIHandler:
         allowed) is closed before accept, which the client sees as HTTP 403."""
         app = self.app
         await self._start_serving()
-        request = app.request_class(_environ_from_scope(scope), app)
+        request = self._new_request(scope)
         socket = WebSocket(request, receive, send)
         try:
             if app._wrong_host(request) is not None:
@@ -5768,9 +5879,9 @@ def _call_each(functions: Iterable[Callable[[], Any]]) -> _Journey:
         yield function, (), {}, False
 
 
-def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
-    """A PEP 3333 environ for an ASGI scope, so one Request class serves both interfaces.
-    The path is taken from the bytes the server received when it gives them."""
+def _scope_paths(scope: dict[str, Any]) -> tuple[str, str]:
+    """SCRIPT_NAME and PATH_INFO for a scope, as PEP 3333 hands them over (latin-1). The
+    path is taken from the bytes the server received when it gives them."""
     raw_path = scope.get("raw_path")
     if raw_path:
         # PERF: the bytes are looked for as ints (see _PERCENT).
@@ -5779,6 +5890,20 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
                 ).decode("latin-1")
     else:
         path = scope["path"].encode("utf-8").decode("latin-1")
+    root_path = scope.get("root_path")
+    if not root_path:
+        return "", path
+    script_name = root_path.rstrip("/").encode().decode("latin-1")
+    if script_name and path.startswith(script_name):
+        path = path[len(script_name):]
+    return script_name, path
+
+
+def _environ_from_scope(scope: dict[str, Any],
+                        paths: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A PEP 3333 environ for an ASGI scope, so one Request class serves both interfaces;
+    `paths` are the scope's _scope_paths, when worked out already."""
+    script_name, path = paths or _scope_paths(scope)
     query = scope.get("query_string")
     server = scope.get("server")
     client = scope.get("client")
@@ -5786,8 +5911,8 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
     version = scope.get("http_version")
     # PERF: one dict display, its keys constant, rather than a copy then item by item.
     environ = {
-        "REQUEST_METHOD": scope.get("method", "GET"), "SCRIPT_NAME": "", "PATH_INFO": path,
-        "QUERY_STRING": query.decode("latin-1") if query else "",
+        "REQUEST_METHOD": scope.get("method", "GET"), "SCRIPT_NAME": script_name,
+        "PATH_INFO": path, "QUERY_STRING": query.decode("latin-1") if query else "",
         "SERVER_NAME": str(server[0]) if server else "localhost",
         "SERVER_PORT": str(server[1] or "") if server else "80",
         "REMOTE_ADDR": str(client[0]) if client else "",
@@ -5797,11 +5922,6 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
         "wsgi.run_once": False, "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr,
         "asgi.scope": scope,
     }
-    root_path = scope.get("root_path")
-    if root_path:
-        script_name = environ["SCRIPT_NAME"] = root_path.rstrip("/").encode().decode("latin-1")
-        if script_name and path.startswith(script_name):
-            environ["PATH_INFO"] = path[len(script_name):]
     if scope.get(_DONT_ENFORCE_CSRF):  # the test client's, as under WSGI
         environ[_DONT_ENFORCE_CSRF] = True
     keys = _ENVIRON_KEYS
@@ -5814,6 +5934,24 @@ def _environ_from_scope(scope: dict[str, Any]) -> dict[str, Any]:
             value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
         environ[key] = value
     return environ
+
+
+def _scope_header(scope: dict[str, Any], name: bytes, separator: bytes) -> bytes | None:
+    """One request header's value read from the scope (`name` in lowercase), repeats joined
+    with `separator` as the environ joins them; None when absent."""
+    found = None
+    size = len(name)
+    for raw_name, raw_value in scope.get("headers", ()):
+        # ASGI says lowercase; a server that sends otherwise is read as the environ reads it.
+        if len(raw_name) == size and (raw_name == name or raw_name.lower() == name):
+            found = raw_value if found is None else found + separator + raw_value
+    return found
+
+
+def _put_input(environ: dict[str, Any], body: bytes | IO[bytes], size: int) -> None:
+    """Make the body the ASGI handler received the environ's input."""
+    environ["wsgi.input"] = io.BytesIO(body) if isinstance(body, bytes) else body
+    environ["CONTENT_LENGTH"] = str(size)
 
 
 # What a scope's http_version and scheme say, as environ values (no version: HTTP/1.1).
@@ -6883,8 +7021,8 @@ class Client:
 
         def capture(sender: Any, request: Any = None, exc: Any = None, **kwargs: Any) -> None:
             # The signal is global: keep only this call's exception, not another thread's.
-            seen = getattr(request, "environ", {})
-            if seen is environ or (scope is not None and seen.get("asgi.scope") is scope):
+            if request is not None and (request.scope is scope if scope is not None
+                                        else request.environ is environ):
                 captured.append(exc)
 
         got_request_exception.connect(capture)

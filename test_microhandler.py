@@ -16144,3 +16144,61 @@ def test_a_server_stream_giving_more_than_asked_does_not_lengthen_the_body() -> 
     environ = req_make_environ("POST", stream=Generous(b"abcdefgh"), content_length="3",
                                content_type="application/octet-stream")
     assert probe(lambda r: r.body, environ).status == 200 and probe.value == b"abc"
+
+
+_HEADER_NAMES = [b"cookie", b"Cookie", b"content-type", b"CONTENT-TYPE", b"content-length",
+                 b"x-a", b"x_a", b"cookie2", b"host"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(headers=st.lists(st.tuples(st.sampled_from(_HEADER_NAMES),
+                                  st.binary(max_size=12).map(lambda v: v.replace(b"\r", b""))),
+                        max_size=6),
+       query=st.binary(max_size=12), body=st.binary(max_size=8),
+       touch_environ_first=st.booleans())
+def test_an_asgi_request_reads_the_scope_as_its_environ_would(
+        headers: list[tuple[bytes, bytes]], query: bytes, body: bytes,
+        touch_environ_first: bool) -> None:
+    """Under ASGI the request reads query, cookies, content type and body from the scope
+    until its environ is built (PERF); what it reads must be what the environ says, for any
+    header bytes, repeated or oddly cased names included."""
+    app = App()
+    scope = _review_scope("/x", "POST", headers, query_string=query)
+    lazy = mh.ASGIRequest(scope, app)
+    lazy._set_input(body, len(body))
+    if touch_environ_first:
+        lazy.META  # noqa: B018 (builds it)
+    eager = Request(mh._environ_from_scope(scope), app)
+    eager._set_input(body, len(body))
+    for request in (lazy, eager):
+        assert type(request).__name__ == "Request"
+    assert lazy.query_string == eager.query_string
+    assert list(lazy.GET.lists()) == list(eager.GET.lists())
+    assert lazy.COOKIES == eager.COOKIES
+    assert lazy._raw_content_type() == eager._raw_content_type()
+    assert lazy.content_length == eager.content_length == len(body)
+    assert lazy.body == eager.body == body
+    assert lazy.META is lazy.environ
+    lazy_environ, eager_environ = dict(lazy.environ), dict(eager.environ)
+    assert type(lazy_environ.pop("wsgi.input")) is type(eager_environ.pop("wsgi.input"))
+    assert lazy_environ == eager_environ
+
+
+def test_an_asgi_request_builds_its_environ_with_the_body_it_received() -> None:
+    """A view that reads the body first and the environ after finds both, and the stream
+    reads the body again; a change to the environ is what the request reads from then on."""
+    app = App()
+
+    @app.route("/echo", methods=["POST"])
+    def echo(request: Request) -> dict[str, Any]:
+        body = request.body
+        environ = request.environ
+        again = request.stream.read()
+        environ["QUERY_STRING"] = "b=2"
+        return {"body": body.decode(), "again": again.decode(),
+                "length": environ["CONTENT_LENGTH"], "input": environ["wsgi.input"].read().decode(),
+                "query": request.query_string, "scope": environ["asgi.scope"] is request.scope}
+
+    res = Client(app, asgi=True).post("/echo?a=1", data=b"hello", content_type="text/plain")
+    assert res.json() == {"body": "hello", "again": "hello", "length": "5", "input": "hello",
+                          "query": "b=2", "scope": True}
