@@ -16030,6 +16030,66 @@ def test_a_plain_query_parses_as_the_general_parser_does(query: str) -> None:
     assert QueryDict(query)._lists == mh.MultiDict(mh.parse_query_string(query))._lists
 
 
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=' \t\n{}[]",:019.e-tfrunalsNI\\x', max_size=12)
+       | st.builds(lambda value, before, after: before + json.dumps(value) + after,
+                   _json_values, st.sampled_from(["", " ", "\n"]),
+                   st.sampled_from(["", " ", "\t", "x", "1", "]"])))
+def test_request_json_reads_as_the_decoder_does(text: str) -> None:
+    """request.json runs the decoder's scan_once itself, and decode() for what that does not
+    take whole: the value, or the error's wording, is decode()'s."""
+    try:
+        expected: Any = ("value", mh._strict_json_decoder().decode(text))
+    except json.JSONDecodeError as exc:
+        expected = ("error", f"Invalid JSON body: {exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno}")
+    except BadRequest as exc:  # NaN or Infinity
+        expected = ("error", exc.message)
+    request = mh.Request(req_make_environ("POST", body=text.encode(),
+                                          content_type="application/json"))
+    try:
+        found: Any = ("value", request.json)
+    except BadRequest as exc:
+        found = ("error", exc.message)
+    assert repr(found) == repr(expected)  # repr: NaN equals itself there
+
+
+class _Unencodable:
+    pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json_values | st.lists(st.just(_Unencodable()), max_size=2)
+       | st.text(alphabet="a\ud800\udfff\u00e9", max_size=3))
+def test_pooled_json_encoders_write_what_json_encoder_encode_does(value: Any) -> None:
+    """JsonResponse reuses C encoders instead of JSONEncoder.encode's new one per call: the
+    same text, or the same error, and an encoder that failed is not used again."""
+    def outcome(encode: Callable[[Any], bytes]) -> tuple[str, Any]:
+        try:
+            return "text", encode(value)
+        except (TypeError, ValueError) as exc:
+            return type(exc).__name__, str(exc)
+
+    def before(data: Any) -> bytes:
+        text = mh._compact_json_encoder().encode(data)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(data, separators=(",", ":")).encode("ascii")
+    assert outcome(mh._compact_json) == outcome(before)
+    circular: list[Any] = [{"a": 1}]
+    circular[0]["self"] = circular
+    assert outcome(lambda _: mh._compact_json(circular)) == outcome(lambda _: before(circular))
+    assert mh._compact_json([{"a": 1}, [1]]) == b'[{"a":1},[1]]'
+
+
 def test_lazy_regex_compiles_on_first_use_and_rebinds_its_name() -> None:
     code = ("import re, microhandler as mh; "
             "assert type(mh._TOKEN_RE) is mh._LazyRegex; "
