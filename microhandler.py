@@ -1486,7 +1486,9 @@ class Request:
             raise
         except Exception as exc:  # as LimitedStream.read: a client gone is a 400
             raise BadRequest("The request body could not be read (client gone?)") from exc
-        if len(data) >= length:  # more than asked for is a server's bug: not the body's
+        if len(data) == length:
+            return data
+        if len(data) > length:  # more than asked for is a server's bug: not the body's
             return data[:length]
         return data + LimitedStream(source, length - len(data)).read()
 
@@ -1508,15 +1510,17 @@ class Request:
     @_lazy
     def json(self) -> Any:
         """The body decoded as JSON (RFC 8259); a wrong content type or bad JSON is a 400."""
-        plain = self.environ.get("CONTENT_TYPE") == "application/json"  # PERF: no parse
-        content_type = "application/json" if plain else self.content_type
-        if content_type != "application/json" and not content_type.endswith("+json"):
-            raise BadRequest("Expected a JSON body (Content-Type: application/json)")
-        self._refuse_if_streamed("request.json")
+        charset = None
+        if self.environ.get("CONTENT_TYPE") != "application/json":  # PERF: that one unparsed
+            content_type = self.content_type
+            if content_type != "application/json" and not content_type.endswith("+json"):
+                raise BadRequest("Expected a JSON body (Content-Type: application/json)")
+            charset = self.content_params.get("charset")
+        if self._stream is not None:  # PERF: no call when no stream was made
+            self._refuse_if_streamed("request.json")
         body = self.body
         # RFC 8259: UTF-8, or UTF-16/32 told by the first bytes. Decoded strictly here:
         # json.loads(bytes) would accept encoded lone surrogates.
-        charset = None if plain else self.content_params.get("charset")
         if charset is None and body[:1] in _JSON_UTF8_STARTS and body[1:2] != b"\0":
             charset = "utf-8"  # PERF: no BOM and no zero byte: what detect_encoding says
         elif charset is None or charset.lower() in _UTF_LABELS:
@@ -1561,8 +1565,16 @@ class Request:
     def GET(self) -> QueryDict:
         # UTF-8 (RFC 3986) unless request.encoding was set: unlike Django, the body's
         # charset is not applied to the URL (a UTF-16 JSON body would garble the query).
-        encoding = self._encoding or "utf-8"
-        return QueryDict(self.environ.get("QUERY_STRING", ""), encoding=encoding)
+        query = self.environ.get("QUERY_STRING", "")
+        if self._encoding is None and type(query) is str:
+            lists = _split_plain_query(query)
+            if lists is not None:
+                # PERF: QueryDict's own shortcut, without the class call and __init__.
+                parsed: QueryDict = object.__new__(QueryDict)
+                parsed._lists = lists
+                parsed._mutable = False
+                return parsed
+        return QueryDict(query, encoding=self._encoding or "utf-8")
 
     @_lazy
     def COOKIES(self) -> dict[str, str]:
@@ -5281,9 +5293,10 @@ class App:
             # the headers made here, the body a list (the cheapest a server can iterate)
             # when nothing waits for the close. 5% of a hello request.
             header_map = response._headers
-            headers = [*header_map.values()]
-            if "content-length" not in header_map:
-                headers.append(("Content-Length", f"{len(response._content)}"))
+            if "content-length" in header_map:
+                headers = [*header_map.values()]
+            else:
+                headers = [*header_map.values(), ("Content-Length", f"{len(response._content)}")]
             status_line = response._reason_phrase is None and _STATUS_LINES.get(status)
             start_response(status_line or _status_line(status, response), headers)
             if response._resource_closers or request_finished.receivers:
