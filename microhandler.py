@@ -1186,6 +1186,7 @@ _URI_SAFE = "/#%[]=:;$&()+,!?*@'~"
 _HOST_SYNTAX = _lazy_regex(
     r"((?:[a-z0-9-]+\.)*[a-z0-9-]+\.?|\[[a-f0-9]*:[a-f0-9.:]+\])(?::[0-9]{1,5})?")
 _MISSING: Any = object()
+_CAPITALISED_METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 
 
 def _host_is_allowed(domain: str, allowed_hosts: Iterable[str]) -> bool:
@@ -1254,7 +1255,9 @@ class Request:
     def __init__(self, environ: dict[str, Any], app: App | None = None) -> None:
         self.environ = self.META = environ
         self.app = app
-        self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
+        method = environ.get("REQUEST_METHOD", "GET")
+        # PERF: a method already in capitals is kept: upper() makes a new string.
+        self.method: str = method if method in _CAPITALISED_METHODS else method.upper()
         path = environ.get("PATH_INFO") or "/"
         if path.isascii():  # PERF: the usual path needs no decoding, so no lazy step
             self.path_info = path
