@@ -1435,6 +1435,8 @@ class Request:
 
     @stream.deleter
     def stream(self) -> None:
+        if self._stream is None:  # as deleting an attribute never set
+            raise AttributeError("stream")
         self._stream = None
 
     def _open_stream(self) -> LimitedStream:
