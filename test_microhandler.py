@@ -16030,6 +16030,171 @@ def test_a_plain_query_parses_as_the_general_parser_does(query: str) -> None:
     assert QueryDict(query)._lists == mh.MultiDict(mh.parse_query_string(query))._lists
 
 
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=' \t\n{}[]",:019.e-tfrunalsNI\\x', max_size=12)
+       | st.builds(lambda value, before, after: before + json.dumps(value) + after,
+                   _json_values, st.sampled_from(["", " ", "\n"]),
+                   st.sampled_from(["", " ", "\t", "x", "1", "]"])))
+def test_request_json_reads_as_the_decoder_does(text: str) -> None:
+    """request.json runs the decoder's scan_once itself, and decode() for what that does not
+    take whole: the value, or the error's wording, is decode()'s."""
+    try:
+        expected: Any = ("value", mh._strict_json_decoder().decode(text))
+    except json.JSONDecodeError as exc:
+        expected = ("error", f"Invalid JSON body: {exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno}")
+    except BadRequest as exc:  # NaN or Infinity
+        expected = ("error", exc.message)
+    request = mh.Request(req_make_environ("POST", body=text.encode(),
+                                          content_type="application/json"))
+    try:
+        found: Any = ("value", request.json)
+    except BadRequest as exc:
+        found = ("error", exc.message)
+    assert repr(found) == repr(expected)  # repr: NaN equals itself there
+
+
+class _Unencodable:
+    pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json_values | st.lists(st.just(_Unencodable()), max_size=2)
+       | st.text(alphabet="a\ud800\udfff\u00e9", max_size=3))
+def test_pooled_json_encoders_write_what_json_encoder_encode_does(value: Any) -> None:
+    """JsonResponse reuses C encoders instead of JSONEncoder.encode's new one per call: the
+    same text, or the same error, and an encoder that failed is not used again."""
+    def outcome(encode: Callable[[Any], bytes]) -> tuple[str, Any]:
+        try:
+            return "text", encode(value)
+        except (TypeError, ValueError) as exc:
+            return type(exc).__name__, str(exc)
+
+    def before(data: Any) -> bytes:
+        text = mh._compact_json_encoder().encode(data)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(data, separators=(",", ":")).encode("ascii")
+    assert outcome(mh._compact_json) == outcome(before)
+    circular: list[Any] = [{"a": 1}]
+    circular[0]["self"] = circular
+    assert outcome(lambda _: mh._compact_json(circular)) == outcome(lambda _: before(circular))
+    assert mh._compact_json([{"a": 1}, [1]]) == b'[{"a":1},[1]]'
+
+
+def test_pooled_json_encoders_are_never_shared_between_threads() -> None:
+    """Threads encoding the same containers at once each take their own encoder: a shared
+    one would see the other's containers as a cycle."""
+    class Yielding(dict):  # the C encoder calls its items(): another thread runs then
+        def items(self) -> Any:
+            time.sleep(0.0001)
+            return super().items()
+    shared = {"items": [Yielding(n=n, tags=["a", "b"]) for n in range(5)]}
+    expected = json.dumps(shared, separators=(",", ":")).encode()
+    results: list[bool] = []
+
+    def encode_many() -> None:
+        results.append(all(mh._compact_json(shared) == expected for _ in range(50)))
+    threads = [threading.Thread(target=encode_many) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [True] * 6
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.one_of(st.none(), st.text(alphabet="0123456789 +-_\t٣²x", max_size=20)),
+       payload=st.binary(max_size=24))
+def test_the_body_reads_its_length_as_content_length_does(raw: str | None,
+                                                           payload: bytes) -> None:
+    """request.body reads the usual Content-Length itself, not through content_length:
+    the body (or the 400) is what content_length's value makes of it."""
+    def environ() -> dict[str, Any]:
+        return req_make_environ("POST", body=payload, content_length=raw)
+    try:
+        length = mh.Request(environ()).content_length
+    except HttpError as exc:
+        expected: Any = (exc.status, exc.message)
+    else:
+        if length is None:
+            expected = ("body", b"")
+        elif length > mh.Request.default_max_body_size:
+            expected = (413, f"Request body is larger than {mh.Request.default_max_body_size} bytes")
+        elif length > len(payload):
+            expected = (400, "The request body is shorter than its Content-Length")
+        else:
+            expected = ("body", payload[:length])
+    try:
+        found: Any = ("body", mh.Request(environ()).body)
+    except HttpError as exc:
+        found = (exc.status, exc.message)
+    assert found == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(query=st.text(alphabet="ab=&%+é1 ", max_size=14),
+       encoding=st.sampled_from([None, "utf-8", "latin-1"]))
+def test_request_get_is_the_query_dict_of_its_query(query: str, encoding: str | None) -> None:
+    """request.GET builds a plain query's QueryDict without calling the class: the same
+    lists, immutable, as QueryDict(query) with the request's encoding."""
+    request = mh.Request(req_make_environ(query=query))
+    if encoding is not None:
+        request.encoding = encoding
+    found = request.GET
+    assert type(found) is QueryDict
+    assert found._lists == QueryDict(query, encoding=encoding or "utf-8")._lists
+    with pytest.raises(AttributeError):
+        found["x"] = "1"
+
+
+class _LikeHttpResponse(HttpResponse):
+    """The same response, through _start_response's general path."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(status=st.sampled_from([200, 201, 204, 304, 404, 500, 599]),
+       method=st.sampled_from(["GET", "HEAD", "POST"]),
+       content=st.binary(max_size=5),
+       length=st.sampled_from([None, "0", "3"]),
+       reason=st.sampled_from([None, "Fine"]),
+       cookie=st.booleans(), closer=st.booleans())
+def test_start_response_serves_a_plain_response_as_its_general_path_does(
+        status: int, method: str, content: bytes, length: str | None, reason: str | None,
+        cookie: bool, closer: bool) -> None:
+    """HttpResponse and JsonResponse get their header list and body made in
+    _start_response itself: status, headers and body are what a subclass (the general
+    path, with wsgi_headers) gets."""
+    def served(cls: type[HttpResponse]) -> tuple[Any, ...]:
+        response = cls(content, status=status)
+        if length is not None:
+            response["Content-Length"] = length
+        if reason is not None:
+            response.reason_phrase = reason
+        if cookie:
+            response.set_cookie("c", "1")
+        if closer:
+            response.add_closer(lambda: None)
+        sent: list[Any] = []
+        body = App()._start_response(mh.Request(req_make_environ(method)), response,
+                                     lambda *args: sent.append(args))
+        return (*sent, b"".join(body))
+    assert served(HttpResponse) == served(_LikeHttpResponse)
+
+
+@given(method=st.sampled_from(["GET", "get", "Post", "OPTIONS", "PROPFIND", "patch", ""]))
+def test_request_method_is_in_capitals(method: str) -> None:
+    assert mh.Request({"REQUEST_METHOD": method}).method == method.upper()
+
+
 def test_lazy_regex_compiles_on_first_use_and_rebinds_its_name() -> None:
     code = ("import re, microhandler as mh; "
             "assert type(mh._TOKEN_RE) is mh._LazyRegex; "
