@@ -5001,8 +5001,9 @@ class App:
                 is_async = _ASYNC_VIEWS[callback]
             except (KeyError, TypeError):
                 is_async = _remember_mode(callback)
-        if is_async:
-            return callback, callback(request, *args, **kwargs)
+        if is_async:  # PERF: no *()/**{} to unpack when there is nothing (see _get_response)
+            return callback, (callback(request, *args, **kwargs) if args else
+                              callback(request, **kwargs) if kwargs else callback(request))
         return callback, _to_thread(_call_in_worker, callback, (request, *args), kwargs)
 
     async def _view_response_async(self, value: Any, callback: Callable[..., Any]) -> HttpResponse:
