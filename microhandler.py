@@ -5794,16 +5794,17 @@ class ASGIHandler:
         """The http.response.start message, and the body's (None for a stream to send)."""
         status = response.status_code
         fields = response._headers
-        if (type(response) is HttpResponse and len(fields) == 1 and response._cookies is None
-                and fields.get("content-type") is _DEFAULT_CONTENT_TYPE
-                and status not in _BODILESS_STATUSES and request.method != "HEAD"):
-            # PERF: text with the default content type and nothing else (a view's str, as
-            # _text_response makes it): its two headers, without the loop (a tenth of an
-            # ASGI hello request).
-            content = response._content
-            return ({"type": "http.response.start", "status": status, "headers": [
-                (b"content-type", _ASGI_TEXT_HTML), (b"content-length", b"%d" % len(content))]},
-                {"type": "http.response.body", "body": content})
+        if (type(response) in _IN_MEMORY_RESPONSES and len(fields) == 1
+                and response._cookies is None and status not in _BODILESS_STATUSES
+                and request.method != "HEAD"):
+            # PERF: a view's text or JSON (as _text_response and _json_response make them):
+            # a content type encoded once, without the loop (a tenth of an ASGI hello).
+            content_type = _ASGI_CONTENT_TYPES.get(fields.get("content-type"))  # type: ignore[arg-type]
+            if content_type is not None:
+                content = response._content
+                return ({"type": "http.response.start", "status": status, "headers": [
+                    content_type, (b"content-length", b"%d" % len(content))]},
+                    {"type": "http.response.body", "body": content})
         if status in _BODILESS_STATUSES or request.method == "HEAD" or response.streaming:
             headers, has_body = _response_headers(response, request.method)
         else:  # PERF: the usual case, without the call
@@ -5991,6 +5992,9 @@ _ASGI_HEADER_NAMES: dict[str, bytes] = {}
 # PERF: the default Content-Type's value, encoded once rather than per response.
 _TEXT_HTML = _DEFAULT_CONTENT_TYPE[1]
 _ASGI_TEXT_HTML = _TEXT_HTML.encode("latin-1")
+# The content types of a view's text and JSON, as ASGI header pairs.
+_ASGI_CONTENT_TYPES = {_DEFAULT_CONTENT_TYPE: (b"content-type", _ASGI_TEXT_HTML),
+                       _JSON_CONTENT_TYPE: (b"content-type", b"application/json")}
 
 
 def _asgi_header_name(name: str) -> bytes:
