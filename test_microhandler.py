@@ -16377,3 +16377,28 @@ def test_an_asgi_request_builds_its_environ_with_the_body_it_received() -> None:
     res = Client(app, asgi=True).post("/echo?a=1", data=b"hello", content_type="text/plain")
     assert res.json() == {"body": "hello", "again": "hello", "length": "5", "input": "hello",
                           "query": "b=2", "scope": True}
+
+
+@pytest.mark.parametrize("declared, status", [(b"9" * 5000, 413), (b"0" * 5000 + b"1", 200),
+                                              (b"99999999999999999999", 413)])
+def test_an_asgi_content_length_of_thousands_of_digits_is_a_413_not_a_500(
+        declared: bytes, status: int) -> None:
+    """int() refuses strings of more than 4300 digits: the 413 check before receiving must
+    not turn an absurd Content-Length into a 500 (a zero-padded one is its value)."""
+    import asyncio
+    app = App()
+    app.add_route("/", lambda request: request.body.decode(), methods=["POST"])
+    sent: list[dict[str, Any]] = []
+    pending = [{"type": "http.request", "body": b"x"}]
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop() if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _review_scope("/", "POST", [(b"host", b"testserver"), (b"content-length", declared)])
+    asyncio.run(app.asgi(scope, receive, send))
+    assert sent[0]["status"] == status
+    if status == 200:
+        assert sent[1]["body"] == b"x"
